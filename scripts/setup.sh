@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what building and testing WatchLLM needs on a fresh Debian machine, then builds the
+# release binary. Safe to run again: it skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_packages=()
+command -v cmake >/dev/null || need_packages+=(cmake)
+command -v pkg-config >/dev/null || need_packages+=(pkg-config)
+dpkg -s libssl-dev >/dev/null 2>&1 || need_packages+=(libssl-dev)
+command -v psql >/dev/null || need_packages+=(postgresql-client)
+if [ "${#need_packages[@]}" -gt 0 ]; then
+  echo "installing ${need_packages[*]} with apt-get" >&2
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_packages[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import openai, pytest" 2>/dev/null; then
+  .venv/bin/pip install --quiet --disable-pip-version-check -r tests/integration/requirements.txt
+fi
+
+cargo build --release --locked

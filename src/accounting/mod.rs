@@ -1,0 +1,13 @@
+//! Token and cost accounting: usage extraction, the stream scanner, and the path of usage events to
+//! the store.
+
+pub mod event;
+pub mod journal;
+pub mod outcome;
+pub mod sse;
+pub mod usage;
+pub mod writer;
+
+pub use event::UsageEvent;
+pub use sse::SseScanner;
+pub use usage::Usage;

@@ -1,0 +1,162 @@
+//! Token usage as providers report it, and the gateway's estimate when they do not.
+
+use std::sync::OnceLock;
+
+use serde_json::Value;
+use tiktoken_rs::CoreBPE;
+
+/// Token counts of one request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    /// Part of `prompt_tokens`.
+    pub cached_tokens: i64,
+    /// Part of `completion_tokens`.
+    pub reasoning_tokens: i64,
+    pub total_tokens: i64,
+}
+
+fn count(value: &Value, pointer: &str) -> i64 {
+    value.pointer(pointer).and_then(Value::as_i64).unwrap_or(0).max(0)
+}
+
+impl Usage {
+    /// Reads an OpenAI `usage` object. Returns `None` when `value` is not an object.
+    pub fn from_value(value: &Value) -> Option<Usage> {
+        if !value.is_object() {
+            return None;
+        }
+        let prompt_tokens = count(value, "/prompt_tokens");
+        let completion_tokens = count(value, "/completion_tokens");
+        let total = count(value, "/total_tokens");
+        Some(Usage {
+            prompt_tokens,
+            completion_tokens,
+            cached_tokens: count(value, "/prompt_tokens_details/cached_tokens"),
+            reasoning_tokens: count(value, "/completion_tokens_details/reasoning_tokens"),
+            total_tokens: if total > 0 { total } else { prompt_tokens + completion_tokens },
+        })
+    }
+
+    /// Reads the `usage` field of a complete (non-streamed) response body.
+    pub fn from_response_body(body: &[u8]) -> Option<Usage> {
+        let value: Value = serde_json::from_slice(body).ok()?;
+        Usage::from_value(value.get("usage")?)
+    }
+}
+
+fn tokenizer() -> &'static CoreBPE {
+    static TOKENIZER: OnceLock<CoreBPE> = OnceLock::new();
+    // The o200k vocabulary is compiled into tiktoken-rs, so loading it cannot fail at run time.
+    TOKENIZER.get_or_init(|| tiktoken_rs::o200k_base().expect("o200k_base vocabulary is embedded in tiktoken-rs"))
+}
+
+/// Loads the tokenizer ahead of the first request that needs it; it takes a few hundred milliseconds.
+pub fn warm_up_tokenizer() {
+    let _ = tokenizer();
+}
+
+/// Counts the tokens of `text` with OpenAI's o200k tokenizer.
+pub fn count_tokens(text: &str) -> i64 {
+    if text.is_empty() {
+        return 0;
+    }
+    tokenizer().encode_ordinary(text).len() as i64
+}
+
+/// Estimates the prompt tokens of a request body from its messages, prompt or input.
+///
+/// Chat messages add 3 tokens each for their framing and 3 for the reply's priming, as OpenAI's
+/// cookbook counts them for current chat models.
+pub fn estimate_prompt_tokens(request: &Value) -> i64 {
+    if let Some(messages) = request.get("messages").and_then(Value::as_array) {
+        let mut total = 3;
+        for message in messages {
+            total += 3;
+            total += count_tokens(message.get("role").and_then(Value::as_str).unwrap_or(""));
+            total += text_tokens(message.get("content").unwrap_or(&Value::Null));
+            if let Some(name) = message.get("name").and_then(Value::as_str) {
+                total += count_tokens(name) + 1;
+            }
+        }
+        return total;
+    }
+    let input = request.get("prompt").or_else(|| request.get("input")).unwrap_or(&Value::Null);
+    text_tokens(input)
+}
+
+/// Counts the tokens of a content value: a string, an array of strings or of content parts, or a
+/// token array (whose length is its token count).
+fn text_tokens(value: &Value) -> i64 {
+    match value {
+        Value::String(text) => count_tokens(text),
+        Value::Array(items) if items.iter().all(Value::is_number) => items.len() as i64,
+        Value::Array(items) => items
+            .iter()
+            .map(|item| match item {
+                Value::Object(part) => part.get("text").map(text_tokens).unwrap_or(0),
+                other => text_tokens(other),
+            })
+            .sum(),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn usage_read_with_details() {
+        let usage = Usage::from_value(&json!({
+            "prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120,
+            "prompt_tokens_details": {"cached_tokens": 64},
+            "completion_tokens_details": {"reasoning_tokens": 5}
+        }))
+        .unwrap();
+        assert_eq!(usage, Usage { prompt_tokens: 100, completion_tokens: 20, cached_tokens: 64, reasoning_tokens: 5, total_tokens: 120 });
+    }
+
+    #[test]
+    fn embeddings_usage_has_no_completion() {
+        let usage = Usage::from_value(&json!({"prompt_tokens": 8, "total_tokens": 8})).unwrap();
+        assert_eq!(usage.completion_tokens, 0);
+        assert_eq!(usage.total_tokens, 8);
+    }
+
+    #[test]
+    fn missing_total_is_summed() {
+        let usage = Usage::from_value(&json!({"prompt_tokens": 3, "completion_tokens": 4})).unwrap();
+        assert_eq!(usage.total_tokens, 7);
+    }
+
+    #[test]
+    fn null_usage_is_none() {
+        assert!(Usage::from_value(&Value::Null).is_none());
+        assert!(Usage::from_response_body(b"{\"usage\":null}").is_none());
+        assert!(Usage::from_response_body(b"not json").is_none());
+    }
+
+    #[test]
+    fn token_count_is_real() {
+        assert_eq!(count_tokens("hello world"), 2);
+        assert_eq!(count_tokens(""), 0);
+    }
+
+    #[test]
+    fn chat_prompt_estimate_counts_framing() {
+        let request = json!({"messages": [{"role": "user", "content": "hello world"}]});
+        // 3 (reply priming) + 3 (message framing) + 1 ("user") + 2 ("hello world").
+        assert_eq!(estimate_prompt_tokens(&request), 9);
+    }
+
+    #[test]
+    fn content_parts_and_token_arrays_counted() {
+        let parts = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "hello world"}]}]});
+        assert_eq!(estimate_prompt_tokens(&parts), 9);
+        assert_eq!(estimate_prompt_tokens(&json!({"input": [1, 2, 3]})), 3);
+        assert_eq!(estimate_prompt_tokens(&json!({"prompt": ["hello world", "hello"]})), 3);
+    }
+}

@@ -1,0 +1,376 @@
+//! Reading, overriding and validating the config file.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::pricing::PricingTable;
+use super::raw::{RawConfig, RawProvider};
+use super::runtime::{AccountingOptions, ModelRoute, Provider, RuntimeConfig, SecretKey};
+
+/// One problem in a config file: where it is and what is wrong.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConfigProblem {
+    /// Dotted path inside the file, such as `models.gpt-4o.provider`, or the file itself.
+    pub path: String,
+    pub message: String,
+}
+
+/// Every problem found while loading a config, so that one run of `check-config` shows them all.
+#[derive(Clone, Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid config {}: {} problem(s)", self.file.display(), self.problems.len())?;
+        for problem in &self.problems {
+            writeln!(f, "  {}: {}", problem.path, problem.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A validated config with the file it came from.
+#[derive(Clone, Debug)]
+pub struct LoadedConfig {
+    pub path: PathBuf,
+    pub runtime: Arc<RuntimeConfig>,
+}
+
+/// Reads the config file at `path`, applies the `WATCHLLM_*` environment overrides and validates it.
+pub fn load_config(path: &Path) -> Result<LoadedConfig, ConfigError> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    load_config_with_env(path, &env)
+}
+
+/// Same as [`load_config`] with an explicit environment, for tests.
+pub fn load_config_with_env(path: &Path, env: &HashMap<String, String>) -> Result<LoadedConfig, ConfigError> {
+    let fail = |path_in_file: &str, message: String| ConfigError {
+        file: path.to_path_buf(),
+        problems: vec![ConfigProblem { path: path_in_file.to_string(), message }],
+    };
+
+    let text = std::fs::read_to_string(path).map_err(|e| fail("(file)", format!("cannot read: {e}")))?;
+    let mut raw = parse_yaml::<RawConfig>(&text).map_err(|p| ConfigError { file: path.to_path_buf(), problems: vec![p] })?;
+    apply_env_overrides(&mut raw, env);
+
+    let folder = path.parent().unwrap_or(Path::new("."));
+    let pricing_path = folder.join(&raw.pricing_file);
+    let pricing_text = std::fs::read_to_string(&pricing_path)
+        .map_err(|e| fail("pricing_file", format!("cannot read {}: {e}", pricing_path.display())))?;
+    let pricing = parse_yaml::<PricingTable>(&pricing_text).map_err(|mut p| {
+        p.path = format!("pricing_file ({}): {}", pricing_path.display(), p.path);
+        ConfigError { file: path.to_path_buf(), problems: vec![p] }
+    })?;
+
+    let mut hasher = Sha256::new();
+    hasher.update(text.as_bytes());
+    hasher.update(pricing_text.as_bytes());
+    let version = hex::encode(&hasher.finalize()[..6]);
+
+    let runtime = validate(raw, &pricing, env, version)
+        .map_err(|problems| ConfigError { file: path.to_path_buf(), problems })?;
+    Ok(LoadedConfig { path: path.to_path_buf(), runtime: Arc::new(runtime) })
+}
+
+/// Parses YAML into `T`, reporting the dotted path and the line of the first error.
+fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigProblem> {
+    let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let message = match inner.location() {
+            Some(at) => format!("{inner} (line {}, column {})", at.line(), at.column()),
+            None => inner.to_string(),
+        };
+        ConfigProblem { path: if path == "." { "(root)".into() } else { path }, message }
+    })
+}
+
+fn apply_env_overrides(raw: &mut RawConfig, env: &HashMap<String, String>) {
+    let overrides: [(&str, &mut String); 4] = [
+        ("WATCHLLM_LISTEN", &mut raw.listen),
+        ("WATCHLLM_ADMIN_LISTEN", &mut raw.admin_listen),
+        ("WATCHLLM_DATABASE_URL", &mut raw.database_url),
+        ("WATCHLLM_STATE_DIR", &mut raw.state_dir),
+    ];
+    for (name, field) in overrides {
+        if let Some(value) = env.get(name).filter(|v| !v.is_empty()) {
+            *field = value.clone();
+        }
+    }
+}
+
+fn validate(
+    raw: RawConfig,
+    pricing: &PricingTable,
+    env: &HashMap<String, String>,
+    version: String,
+) -> Result<RuntimeConfig, Vec<ConfigProblem>> {
+    let mut problems = Vec::new();
+    let mut problem = |path: &str, message: String| problems.push(ConfigProblem { path: path.into(), message });
+
+    for (field, value) in [("listen", &raw.listen), ("admin_listen", &raw.admin_listen)] {
+        if value.parse::<std::net::SocketAddr>().is_err() {
+            problem(field, format!("invalid socket address {value:?}; expected HOST:PORT such as 127.0.0.1:8080"));
+        }
+    }
+    if raw.listen == raw.admin_listen {
+        problem("admin_listen", "must differ from listen".into());
+    }
+    if raw.threads == 0 {
+        problem("threads", "must be at least 1".into());
+    }
+    if raw.max_request_body_bytes == 0 {
+        problem("max_request_body_bytes", "must be at least 1".into());
+    }
+    if raw.log_format != "text" && raw.log_format != "json" {
+        problem("log_format", format!("invalid value {:?}; expected text or json", raw.log_format));
+    }
+    if raw.state_dir.is_empty() {
+        problem("state_dir", "must not be empty".into());
+    }
+    let database_url = if raw.database_url.is_empty() {
+        format!("sqlite://{}/watchllm.db", raw.state_dir.trim_end_matches('/'))
+    } else {
+        raw.database_url.clone()
+    };
+    if !["sqlite:", "postgres://", "postgresql://"].iter().any(|p| database_url.starts_with(p)) {
+        problem("database_url", "must start with sqlite:, postgres:// or postgresql://".into());
+    }
+    if raw.accounting.batch_size == 0 || raw.accounting.channel_capacity == 0 {
+        problem("accounting", "batch_size and channel_capacity must be at least 1".into());
+    }
+
+    let mut providers = HashMap::new();
+    for (name, raw_provider) in &raw.providers {
+        match parse_provider(name, raw_provider, env) {
+            Ok(provider) => {
+                providers.insert(name.clone(), Arc::new(provider));
+            }
+            Err(found) => {
+                for (field, message) in found {
+                    problem(&format!("providers.{name}.{field}"), message);
+                }
+            }
+        }
+    }
+
+    let mut models = HashMap::new();
+    for (name, raw_model) in &raw.models {
+        let path = format!("models.{name}");
+        let provider = providers.get(&raw_model.provider);
+        if provider.is_none() && !raw.providers.contains_key(&raw_model.provider) {
+            problem(&format!("{path}.provider"), format!("unknown provider {:?}", raw_model.provider));
+        }
+        let price = pricing.models.get(name);
+        if price.is_none() {
+            problem(&path, format!("no price for {name:?} in the pricing file; add it under models:"));
+        }
+        if let (Some(provider), Some(price)) = (provider, price) {
+            let upstream_model = if raw_model.upstream_model.is_empty() { name.clone() } else { raw_model.upstream_model.clone() };
+            models.insert(
+                name.clone(),
+                ModelRoute { name: name.clone(), provider: provider.clone(), upstream_model, price: *price },
+            );
+        }
+    }
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+
+    let mut model_names: Vec<String> = models.keys().cloned().collect();
+    model_names.sort();
+    Ok(RuntimeConfig {
+        version,
+        listen: raw.listen,
+        admin_listen: raw.admin_listen,
+        state_dir: PathBuf::from(raw.state_dir),
+        database_url,
+        threads: raw.threads,
+        max_request_body_bytes: raw.max_request_body_bytes,
+        shutdown_grace: Duration::from_secs(raw.shutdown_grace_seconds),
+        log_json: raw.log_format == "json",
+        auth_refresh_interval: Duration::from_millis(raw.auth.refresh_interval_ms.max(50)),
+        accounting: AccountingOptions {
+            channel_capacity: raw.accounting.channel_capacity,
+            batch_size: raw.accounting.batch_size,
+            flush_interval: Duration::from_millis(raw.accounting.flush_interval_ms.max(1)),
+            replay_interval: Duration::from_millis(raw.accounting.replay_interval_ms.max(10)),
+        },
+        models,
+        model_names,
+    })
+}
+
+/// Parses one provider entry, returning every problem as (field, message).
+fn parse_provider(
+    name: &str,
+    raw: &RawProvider,
+    env: &HashMap<String, String>,
+) -> Result<Provider, Vec<(&'static str, String)>> {
+    let mut problems = Vec::new();
+
+    let url = match url::Url::parse(&raw.base_url) {
+        Ok(url) if url.scheme() == "http" || url.scheme() == "https" => Some(url),
+        Ok(url) => {
+            problems.push(("base_url", format!("unsupported scheme {:?}; use http or https", url.scheme())));
+            None
+        }
+        Err(e) => {
+            problems.push(("base_url", format!("invalid URL {:?}: {e}", raw.base_url)));
+            None
+        }
+    };
+    let api_key = if raw.api_key_env.is_empty() {
+        None
+    } else {
+        match env.get(&raw.api_key_env).filter(|v| !v.is_empty()) {
+            Some(key) => Some(SecretKey(key.clone())),
+            None => {
+                problems.push(("api_key_env", format!("environment variable {} is not set", raw.api_key_env)));
+                None
+            }
+        }
+    };
+    for (field, value) in [("connect_timeout_ms", raw.connect_timeout_ms), ("read_timeout_ms", raw.read_timeout_ms), ("write_timeout_ms", raw.write_timeout_ms)] {
+        if value == 0 {
+            problems.push((field, "must be at least 1".into()));
+        }
+    }
+
+    let Some(url) = url.filter(|_| problems.is_empty()) else {
+        return Err(problems);
+    };
+    let Some(host) = url.host_str().map(str::to_string) else {
+        return Err(vec![("base_url", format!("{:?} has no host", raw.base_url))]);
+    };
+    let tls = url.scheme() == "https";
+    let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
+    let sni = if raw.sni.is_empty() { host.trim_matches(|c| c == '[' || c == ']').to_string() } else { raw.sni.clone() };
+
+    Ok(Provider {
+        name: name.to_string(),
+        tls,
+        host,
+        port,
+        base_path: url.path().trim_end_matches('/').to_string(),
+        sni,
+        api_key,
+        connect_timeout: Duration::from_millis(raw.connect_timeout_ms),
+        read_timeout: Duration::from_millis(raw.read_timeout_ms),
+        write_timeout: Duration::from_millis(raw.write_timeout_ms),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, config: &str, pricing: &str) -> PathBuf {
+        std::fs::write(dir.join("pricing.yaml"), pricing).unwrap();
+        let path = dir.join("watchllm.yaml");
+        std::fs::write(&path, config).unwrap();
+        path
+    }
+
+    const PRICING: &str = "models:\n  small:\n    input: 1.0\n    output: 2.0\n";
+
+    #[test]
+    fn minimal_config_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "providers:\n  mock:\n    base_url: http://127.0.0.1:9000/v1\nmodels:\n  small:\n    provider: mock\n",
+            PRICING,
+        );
+        let loaded = load_config_with_env(&path, &HashMap::new()).unwrap();
+        let route = loaded.runtime.route("small").unwrap();
+        assert_eq!(route.upstream_model, "small");
+        assert_eq!(route.provider.port, 9000);
+        assert_eq!(route.provider.base_path, "/v1");
+        assert!(!route.provider.tls);
+        assert_eq!(loaded.runtime.database_url, "sqlite://./state/watchllm.db");
+    }
+
+    #[test]
+    fn every_problem_reported_with_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "listen: nowhere\nproviders:\n  bad:\n    base_url: ftp://x\nmodels:\n  small:\n    provider: missing\n  unpriced:\n    provider: bad\n",
+            PRICING,
+        );
+        let err = load_config_with_env(&path, &HashMap::new()).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert!(paths.contains(&"listen"), "{paths:?}");
+        assert!(paths.contains(&"providers.bad.base_url"), "{paths:?}");
+        assert!(paths.contains(&"models.small.provider"), "{paths:?}");
+        assert!(paths.contains(&"models.unpriced"), "{paths:?}");
+    }
+
+    #[test]
+    fn unknown_field_names_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "providers:\n  mock:\n    base_url: http://h/v1\n    colour: red\n", PRICING);
+        let err = load_config_with_env(&path, &HashMap::new()).unwrap_err();
+        assert_eq!(err.problems.len(), 1);
+        assert_eq!(err.problems[0].path, "providers.mock.colour");
+        assert!(err.problems[0].message.contains("colour"), "{}", err.problems[0].message);
+        assert!(err.problems[0].message.contains("line 4"), "{}", err.problems[0].message);
+    }
+
+    #[test]
+    fn environment_overrides_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "models: {}\n", PRICING);
+        let env: HashMap<String, String> = [
+            ("WATCHLLM_LISTEN", "127.0.0.1:1"),
+            ("WATCHLLM_ADMIN_LISTEN", "127.0.0.1:2"),
+            ("WATCHLLM_STATE_DIR", "/var/lib/watchllm"),
+            ("WATCHLLM_DATABASE_URL", "postgres://db/x"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let runtime = load_config_with_env(&path, &env).unwrap().runtime;
+        assert_eq!(runtime.listen, "127.0.0.1:1");
+        assert_eq!(runtime.admin_listen, "127.0.0.1:2");
+        assert_eq!(runtime.state_dir, PathBuf::from("/var/lib/watchllm"));
+        assert_eq!(runtime.database_url, "postgres://db/x");
+    }
+
+    #[test]
+    fn missing_key_variable_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "providers:\n  p:\n    base_url: https://api.example/v1\n    api_key_env: NO_SUCH_VAR\n", PRICING);
+        let err = load_config_with_env(&path, &HashMap::new()).unwrap_err();
+        assert_eq!(err.problems[0].path, "providers.p.api_key_env");
+    }
+
+    #[test]
+    fn provider_key_never_in_debug_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "providers:\n  p:\n    base_url: https://api.example/v1\n    api_key_env: KEY\nmodels:\n  small:\n    provider: p\n",
+            PRICING,
+        );
+        let env: HashMap<String, String> = [("KEY".to_string(), "sk-very-secret".to_string())].into();
+        let runtime = load_config_with_env(&path, &env).unwrap().runtime;
+        let route = runtime.route("small").unwrap();
+        assert!(route.provider.tls);
+        assert_eq!(route.provider.port, 443);
+        assert!(!format!("{runtime:?}").contains("sk-very-secret"));
+    }
+}

@@ -1,0 +1,130 @@
+//! The config file as written. Every field has a default, documented in conf/watchllm.yaml.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// Proxy listen address. Overridden by `WATCHLLM_LISTEN`.
+    pub listen: String,
+    /// Admin listen address (health, later metrics). Overridden by `WATCHLLM_ADMIN_LISTEN`.
+    pub admin_listen: String,
+    /// Directory for the SQLite file and the usage journal. Overridden by `WATCHLLM_STATE_DIR`.
+    pub state_dir: String,
+    /// `sqlite://FILE` or `postgres://...`; empty means `sqlite://<state_dir>/watchllm.db`.
+    /// Overridden by `WATCHLLM_DATABASE_URL`.
+    pub database_url: String,
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    /// Pricing file, relative to this config file's folder.
+    pub pricing_file: String,
+    /// Largest accepted request body in bytes, after gzip decoding.
+    pub max_request_body_bytes: usize,
+    /// Seconds that a graceful shutdown waits for in-flight requests.
+    pub shutdown_grace_seconds: u64,
+    /// `text` or `json` log lines.
+    pub log_format: String,
+    pub auth: RawAuth,
+    pub accounting: RawAccounting,
+    pub providers: BTreeMap<String, RawProvider>,
+    pub models: BTreeMap<String, RawModel>,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:8081".into(),
+            state_dir: "./state".into(),
+            database_url: String::new(),
+            threads: 2,
+            pricing_file: "pricing.yaml".into(),
+            max_request_body_bytes: 10 * 1024 * 1024,
+            shutdown_grace_seconds: 30,
+            log_format: "text".into(),
+            auth: RawAuth::default(),
+            accounting: RawAccounting::default(),
+            providers: BTreeMap::new(),
+            models: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    /// How often the gateway checks the store for created or revoked keys, in milliseconds.
+    pub refresh_interval_ms: u64,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        RawAuth { refresh_interval_ms: 1000 }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAccounting {
+    /// Usage events buffered in memory before they spill to the journal.
+    pub channel_capacity: usize,
+    /// Events written per database transaction.
+    pub batch_size: usize,
+    /// Longest wait before a partial batch is written, in milliseconds.
+    pub flush_interval_ms: u64,
+    /// How often a non-empty journal is replayed into the store, in milliseconds.
+    pub replay_interval_ms: u64,
+}
+
+impl Default for RawAccounting {
+    fn default() -> Self {
+        RawAccounting { channel_capacity: 10_000, batch_size: 500, flush_interval_ms: 200, replay_interval_ms: 1000 }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawProvider {
+    /// Base URL including the API version path, such as `https://openrouter.ai/api/v1`.
+    pub base_url: String,
+    /// Environment variable that holds the provider's API key; empty sends no key.
+    pub api_key_env: String,
+    /// TCP (and TLS) connect timeout in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Longest wait for the next bytes of a response, in milliseconds.
+    pub read_timeout_ms: u64,
+    /// Longest wait for a write to the provider, in milliseconds.
+    pub write_timeout_ms: u64,
+    /// Host name sent in TLS SNI and the Host header; empty means the host of `base_url`.
+    pub sni: String,
+}
+
+impl Default for RawProvider {
+    fn default() -> Self {
+        RawProvider {
+            base_url: String::new(),
+            api_key_env: String::new(),
+            connect_timeout_ms: 5_000,
+            read_timeout_ms: 120_000,
+            write_timeout_ms: 30_000,
+            sni: String::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawModel {
+    /// Provider name, a key of `providers`.
+    pub provider: String,
+    /// Model id sent to the provider; empty means the model's own name.
+    pub upstream_model: String,
+}
+
+impl Default for RawModel {
+    fn default() -> Self {
+        RawModel { provider: String::new(), upstream_model: String::new() }
+    }
+}

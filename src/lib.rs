@@ -1,0 +1,18 @@
+//! WatchLLM: an LLM API gateway on Pingora.
+//!
+//! Each folder is one concern of the gateway; `proxy` holds the thin `ProxyHttp` hooks that call
+//! into the others. docs/ARCHITECTURE.md walks a request through them.
+
+#![forbid(unsafe_code)]
+
+pub mod accounting;
+pub mod admin;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod mock;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod store;

@@ -1,0 +1,80 @@
+//! Per-request state carried through the Pingora phases.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use super::request::PreparedRequest;
+use crate::accounting::SseScanner;
+use crate::auth::KeyEntry;
+use crate::config::{ModelRoute, RuntimeConfig};
+use crate::error::GatewayError;
+use crate::routing::Endpoint;
+
+/// Most bytes of a non-streamed response kept to read its `usage`. Larger bodies are still
+/// forwarded whole, and their tokens are estimated.
+pub const MAX_CAPTURED_RESPONSE: usize = 32 * 1024 * 1024;
+
+pub struct RequestCtx {
+    pub id: String,
+    pub started: Instant,
+    pub started_at_ms: i64,
+    /// The config this request started with; a reload does not change it mid-request.
+    pub config: Option<Arc<RuntimeConfig>>,
+    pub endpoint: Option<Endpoint>,
+    pub key: Option<KeyEntry>,
+    pub route: Option<ModelRoute>,
+    pub request: Option<PreparedRequest>,
+    /// The error the gateway sent to the client, if it sent one.
+    pub error: Option<GatewayError>,
+    pub upstream_status: Option<u16>,
+    pub ttfb: Option<Duration>,
+    pub sse: Option<SseScanner>,
+    /// Body of a non-streamed response, captured up to `MAX_CAPTURED_RESPONSE` bytes.
+    pub response_body: BytesMut,
+    pub response_body_overflow: bool,
+    /// Status sent to the client by `fail_to_proxy`, when the proxy failed.
+    pub failure_status: Option<u16>,
+}
+
+impl RequestCtx {
+    pub fn new() -> Self {
+        RequestCtx {
+            id: uuid::Uuid::new_v4().to_string(),
+            started: Instant::now(),
+            started_at_ms: chrono::Utc::now().timestamp_millis(),
+            config: None,
+            endpoint: None,
+            key: None,
+            route: None,
+            request: None,
+            error: None,
+            upstream_status: None,
+            ttfb: None,
+            sse: None,
+            response_body: BytesMut::new(),
+            response_body_overflow: false,
+            failure_status: None,
+        }
+    }
+
+    /// Keeps a piece of a non-streamed response for reading its usage at the end.
+    pub fn capture_response(&mut self, piece: &[u8]) {
+        if self.response_body_overflow {
+            return;
+        }
+        if self.response_body.len() + piece.len() > MAX_CAPTURED_RESPONSE {
+            self.response_body_overflow = true;
+            self.response_body = BytesMut::new();
+            return;
+        }
+        self.response_body.extend_from_slice(piece);
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}

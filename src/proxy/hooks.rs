@@ -1,0 +1,362 @@
+//! The `ProxyHttp` hooks, in the order Pingora calls them.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use tracing::{debug, info, warn};
+
+use super::body::{check_declared_length, decode_body, parse_content_encoding};
+use super::ctx::RequestCtx;
+use super::request::prepare_request;
+use super::respond::{send_error, send_json, REQUEST_ID_HEADER};
+use super::Gateway;
+use crate::accounting::outcome::{usage_event, RequestOutcome};
+use crate::accounting::{SseScanner, Usage};
+use crate::auth::extract_api_key;
+use crate::error::GatewayError;
+use crate::routing::{build_peer, classify, upstream_host, upstream_path, Endpoint};
+
+/// Hop-by-hop and client-credential headers that never go upstream.
+const STRIPPED_REQUEST_HEADERS: [&str; 10] = [
+    "authorization",
+    "expect",
+    "x-api-key",
+    "content-encoding",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+];
+
+impl Gateway {
+    /// Runs the admission steps of `request_filter`. `Ok(true)` means the response was already sent.
+    async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool, GatewayError> {
+        let Some(config) = ctx.config.clone() else {
+            return Err(GatewayError::internal("no config loaded"));
+        };
+
+        // Which endpoint, before anything is read.
+        let header = session.req_header();
+        let endpoint = classify(&header.method, header.uri.path())?;
+        ctx.endpoint = Some(endpoint);
+
+        // Authentication against the in-memory key snapshot.
+        let presented = extract_api_key(&header.headers).ok_or_else(GatewayError::missing_key)?;
+        let snapshot = self.keys.load();
+        let entry = snapshot.authenticate(presented).ok_or_else(GatewayError::invalid_key)?;
+        ctx.key = Some(entry.clone());
+
+        if endpoint == Endpoint::Models {
+            let body = models_body(&config.model_names, ctx.started_at_ms / 1000);
+            send_json(session, 200, &ctx.id, body).await.map_err(|e| GatewayError::internal(e.to_string()))?;
+            return Ok(true);
+        }
+
+        // The whole body, within the limit, decoded.
+        let limit = config.max_request_body_bytes;
+        let header = session.req_header();
+        let encoding = parse_content_encoding(header.headers.get("content-encoding").and_then(|v| v.to_str().ok()))?;
+        check_declared_length(header.headers.get("content-length").and_then(|v| v.to_str().ok()), limit)?;
+        let expects_continue = header
+            .headers
+            .get("expect")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+        if expects_continue {
+            // The client waits for this before sending its body (curl does for large bodies).
+            session.write_continue_response().await.map_err(|e| GatewayError::internal(e.to_string()))?;
+        }
+        let raw = read_body(session, limit).await?;
+        let body = decode_body(raw, encoding, limit)?;
+
+        // Validation and the route for the requested model.
+        let model = super::request::parse_request(endpoint, &body)?["model"].as_str().unwrap_or_default().to_string();
+        let route = config.route(&model).ok_or_else(|| GatewayError::model_not_found(&model))?.clone();
+        let prepared = prepare_request(endpoint, body, Some(&route.upstream_model))?;
+        ctx.route = Some(route);
+        ctx.request = Some(prepared);
+        Ok(false)
+    }
+
+    fn finish_event(&self, session: &Session, error: Option<&Error>, ctx: &RequestCtx) -> Option<crate::accounting::UsageEvent> {
+        let key = ctx.key.as_ref()?;
+        let status = session
+            .response_written()
+            .map(|h| h.status.as_u16())
+            .or(ctx.failure_status)
+            .or(ctx.error.as_ref().map(|e| e.status.as_u16()))
+            .unwrap_or(0);
+
+        let reported = match &ctx.sse {
+            Some(scanner) => scanner.usage,
+            None if !ctx.response_body_overflow => Usage::from_response_body(&ctx.response_body),
+            None => None,
+        };
+        let completion_text = match &ctx.sse {
+            Some(scanner) => scanner.text.clone(),
+            None => completion_text_of(&ctx.response_body),
+        };
+        let error_type = error_type(ctx, error, status);
+        let route = ctx.route.as_ref();
+
+        let outcome = RequestOutcome {
+            id: &ctx.id,
+            created_at_ms: ctx.started_at_ms,
+            project_id: &key.project_id,
+            key_id: &key.key_id,
+            endpoint: ctx.endpoint.map(Endpoint::name).unwrap_or(""),
+            model: ctx.request.as_ref().map(|r| r.model.as_str()).unwrap_or(""),
+            provider: route.map(|r| r.provider.name.as_str()).unwrap_or(""),
+            upstream_model: route.map(|r| r.upstream_model.as_str()).unwrap_or(""),
+            status,
+            stream: ctx.request.as_ref().is_some_and(|r| r.stream),
+            reported,
+            request: ctx.request.as_ref().map(|r| &r.json),
+            completion_text: &completion_text,
+            reached_upstream: ctx.upstream_status.is_some(),
+            price: route.map(|r| r.price),
+            latency_ms: ctx.started.elapsed().as_millis() as i64,
+            ttfb_ms: ctx.ttfb.map(|t| t.as_millis() as i64),
+            error_type,
+        };
+        Some(usage_event(&outcome))
+    }
+}
+
+/// Reads the request body, stopping with 413 as soon as it passes `limit`.
+async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, GatewayError> {
+    let mut buffer = BytesMut::new();
+    loop {
+        let chunk = session
+            .read_request_body()
+            .await
+            .map_err(|e| GatewayError::invalid_request(format!("Failed to read the request body: {e}")))?;
+        let Some(chunk) = chunk else { break };
+        if buffer.len() + chunk.len() > limit {
+            return Err(GatewayError::body_too_large(limit));
+        }
+        buffer.extend_from_slice(&chunk);
+    }
+    Ok(buffer.freeze())
+}
+
+/// Renders `GET /v1/models` for the configured model names.
+fn models_body(names: &[String], created: i64) -> Vec<u8> {
+    let data: Vec<serde_json::Value> = names
+        .iter()
+        .map(|name| serde_json::json!({"id": name, "object": "model", "created": created, "owned_by": "watchllm"}))
+        .collect();
+    serde_json::json!({"object": "list", "data": data}).to_string().into_bytes()
+}
+
+/// Joins the message or text of every choice of a non-streamed response, for a token estimate.
+fn completion_text_of(body: &[u8]) -> String {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else { return String::new() };
+    let Some(choices) = value.get("choices").and_then(|c| c.as_array()) else { return String::new() };
+    choices
+        .iter()
+        .filter_map(|c| c.pointer("/message/content").or_else(|| c.get("text")).and_then(|t| t.as_str()))
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+/// Names what went wrong, for the usage event; `None` for a complete success.
+fn error_type(ctx: &RequestCtx, error: Option<&Error>, status: u16) -> Option<String> {
+    if let Some(gateway_error) = &ctx.error {
+        return Some(gateway_error.code.to_string());
+    }
+    if let Some(error) = error {
+        let kind = match (error.esource(), error.etype()) {
+            (ErrorSource::Downstream, _) => "client_disconnected",
+            (_, ErrorType::ConnectTimedout | ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError) => {
+                "upstream_connect_failed"
+            }
+            (_, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => "upstream_timeout",
+            (ErrorSource::Upstream, _) => "upstream_failed",
+            _ => "internal_error",
+        };
+        return Some(kind.to_string());
+    }
+    if let Some(scanner) = &ctx.sse {
+        if scanner.error_event {
+            return Some("upstream_error_event".into());
+        }
+        if status == 200 && !scanner.done && scanner.finish_reason.is_none() {
+            return Some("upstream_incomplete".into());
+        }
+    }
+    (status >= 400).then(|| format!("upstream_status_{status}"))
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.config = Some(self.config.load_full());
+        match self.admit(session, ctx).await {
+            Ok(responded) => Ok(responded),
+            Err(error) => {
+                // The body may be unread, so the connection cannot carry another request.
+                session.set_keepalive(None);
+                send_error(session, &ctx.id, &error).await?;
+                ctx.error = Some(error);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let Some(route) = ctx.route.as_ref() else {
+            return Err(Error::explain(ErrorType::InternalError, "upstream_peer reached without a route"));
+        };
+        Ok(Box::new(build_peer(&route.provider)))
+    }
+
+    async fn upstream_request_filter(&self, _session: &mut Session, upstream: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+        let (Some(route), Some(endpoint), Some(request)) = (ctx.route.as_ref(), ctx.endpoint, ctx.request.as_ref()) else {
+            return Err(Error::explain(ErrorType::InternalError, "upstream request without a route"));
+        };
+        let provider = &route.provider;
+
+        for name in STRIPPED_REQUEST_HEADERS {
+            upstream.remove_header(name);
+        }
+        let path = upstream_path(provider, endpoint);
+        let uri = path.parse().map_err(|e| Error::because(ErrorType::InternalError, "invalid upstream path", e))?;
+        upstream.set_uri(uri);
+        upstream.insert_header("host", upstream_host(provider))?;
+        upstream.insert_header("content-type", "application/json")?;
+        upstream.insert_header("content-length", request.body.len().to_string())?;
+        // The scanner reads the response as it passes, so it must arrive uncompressed.
+        upstream.insert_header("accept-encoding", "identity")?;
+        if let Some(key) = &provider.api_key {
+            upstream.insert_header("authorization", format!("Bearer {}", key.0))?;
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) -> Result<()> {
+        // request_filter consumed the client's body; the prepared body replaces it, on every attempt.
+        *body = if end_of_stream { ctx.request.as_ref().map(|r| r.body.clone()) } else { None };
+        Ok(())
+    }
+
+    async fn upstream_response_filter(&self, _session: &mut Session, upstream: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        ctx.upstream_status = Some(upstream.status.as_u16());
+        ctx.ttfb.get_or_insert_with(|| ctx.started.elapsed());
+
+        let is_sse = upstream
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if is_sse {
+            let strip_usage = ctx.request.as_ref().is_some_and(|r| r.stream && !r.client_wants_usage);
+            if strip_usage && upstream.headers.contains_key("content-length") {
+                // Removing the usage chunk changes the length, so the body goes out chunked.
+                upstream.remove_header("content-length");
+                upstream.insert_header("transfer-encoding", "chunked")?;
+            }
+            ctx.sse = Some(SseScanner::new(strip_usage));
+        }
+        upstream.insert_header(REQUEST_ID_HEADER, &ctx.id)?;
+        Ok(())
+    }
+
+    fn response_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) -> Result<Option<Duration>> {
+        match ctx.sse.as_mut() {
+            Some(scanner) => {
+                let piece = body.take().unwrap_or_default();
+                let output = scanner.feed(&piece, end_of_stream);
+                // An empty chunk would end a chunked body early, so nothing is sent instead.
+                *body = (!output.is_empty()).then_some(output);
+            }
+            None => {
+                if let Some(piece) = body.as_ref() {
+                    let piece = piece.clone();
+                    ctx.capture_response(&piece);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, error: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let provider = ctx.route.as_ref().map(|r| r.provider.name.clone()).unwrap_or_default();
+        let gateway_error = match (error.esource(), error.etype()) {
+            (ErrorSource::Downstream, _) => None,
+            (_, ErrorType::HTTPStatus(code)) => Some(GatewayError::internal(format!("request failed with status {code}"))),
+            (_, ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout)
+                if ctx.upstream_status.is_none() =>
+            {
+                Some(GatewayError::upstream_timeout(&provider))
+            }
+            (
+                _,
+                ErrorType::ConnectRefused
+                | ErrorType::ConnectNoRoute
+                | ErrorType::ConnectError
+                | ErrorType::TLSHandshakeFailure
+                | ErrorType::InvalidCert
+                | ErrorType::HandshakeError,
+            ) => Some(GatewayError::upstream_unreachable(&provider)),
+            (ErrorSource::Upstream, _) => Some(GatewayError::upstream_failed(&provider)),
+            _ => Some(GatewayError::internal("the gateway failed to proxy the request")),
+        };
+
+        // Once response headers went out, no error body can follow; the connection just ends.
+        let Some(gateway_error) = gateway_error.filter(|_| session.response_written().is_none()) else {
+            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+        };
+        warn!(request_id = %ctx.id, provider = %provider, error = %error, status = gateway_error.status.as_u16(), "proxy failed");
+        if let Err(write_error) = send_error(session, &ctx.id, &gateway_error).await {
+            debug!(request_id = %ctx.id, error = %write_error, "failed to send the error response");
+        }
+        let status = gateway_error.status.as_u16();
+        ctx.failure_status = Some(status);
+        ctx.error = Some(gateway_error);
+        FailToProxy { error_code: status, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        let event = self.finish_event(session, error, ctx);
+        let status = event.as_ref().map(|e| e.status).or_else(|| session.response_written().map(|h| h.status.as_u16()));
+        match &event {
+            Some(event) => info!(
+                request_id = %ctx.id,
+                project_id = %event.project_id,
+                model = %event.model,
+                status = event.status,
+                prompt_tokens = event.prompt_tokens,
+                completion_tokens = event.completion_tokens,
+                estimated = event.tokens_estimated,
+                cost_usd = event.cost_usd,
+                latency_ms = event.latency_ms,
+                error = event.error_type.as_deref().unwrap_or(""),
+                "request finished"
+            ),
+            None => info!(
+                request_id = %ctx.id,
+                status = status.unwrap_or(0),
+                latency_ms = ctx.started.elapsed().as_millis() as u64,
+                error = ctx.error.as_ref().map(|e| e.code).unwrap_or(""),
+                "request finished"
+            ),
+        }
+        if let Some(event) = event {
+            self.usage.record(event);
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! The Pingora `ProxyHttp` implementation. Each hook reads the request context and calls plain
+//! functions from the other modules; the order of the hooks is described in docs/ARCHITECTURE.md.
+
+pub mod body;
+pub mod ctx;
+pub mod hooks;
+pub mod request;
+pub mod respond;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::accounting::writer::UsageSink;
+use crate::auth::SharedKeys;
+use crate::config::RuntimeConfig;
+
+pub use ctx::RequestCtx;
+
+/// The gateway service: shared state read by every request.
+pub struct Gateway {
+    pub config: Arc<ArcSwap<RuntimeConfig>>,
+    pub keys: SharedKeys,
+    pub usage: UsageSink,
+}

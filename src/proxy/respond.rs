@@ -1,0 +1,27 @@
+//! Responses the gateway writes itself. Every gateway error reaches the client through
+//! [`send_error`], so all of them share one shape.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+
+use crate::error::GatewayError;
+
+/// Response header naming the request id, for matching a client's report to the gateway's log.
+pub const REQUEST_ID_HEADER: &str = "x-watchllm-request-id";
+
+/// Writes a complete JSON response.
+pub async fn send_json(session: &mut Session, status: u16, request_id: &str, body: Vec<u8>) -> Result<()> {
+    let mut header = ResponseHeader::build(status, Some(4))?;
+    header.insert_header("content-type", "application/json")?;
+    header.insert_header("content-length", body.len().to_string())?;
+    header.insert_header(REQUEST_ID_HEADER, request_id)?;
+    session.write_response_header(Box::new(header), false).await?;
+    session.write_response_body(Some(Bytes::from(body)), true).await
+}
+
+/// Writes a gateway error as an OpenAI-style JSON response.
+pub async fn send_error(session: &mut Session, request_id: &str, error: &GatewayError) -> Result<()> {
+    send_json(session, error.status.as_u16(), request_id, error.body()).await
+}

@@ -1,0 +1,114 @@
+//! Assembling the running gateway: the Pingora server, its proxy service and the background
+//! services for accounting, key refresh and the admin listener.
+
+mod services;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use tracing::info;
+
+use crate::accounting::journal::Journal;
+use crate::accounting::writer::usage_channel;
+use crate::auth::{KeyEntry, KeySnapshot};
+use crate::config::LoadedConfig;
+use crate::proxy::Gateway;
+use crate::store::Store;
+use services::{AccountingService, AdminService};
+
+/// Loads the active keys from the store into a snapshot.
+pub async fn load_key_snapshot(store: &Store) -> anyhow::Result<KeySnapshot> {
+    let version = store.keys_version().await?;
+    let keys = store.load_active_keys().await?;
+    let entries = keys.into_iter().map(|k| {
+        let entry = KeyEntry { key_id: k.key_id, project_id: k.project_id, project_name: k.project_name, plan: k.plan };
+        (k.key_hash, entry)
+    });
+    Ok(KeySnapshot::new(version, entries))
+}
+
+/// Prepares the store (migrations, first key snapshot) on a short-lived runtime, before Pingora
+/// starts its own runtimes.
+fn prepare_store(database_url: &str) -> anyhow::Result<KeySnapshot> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let store = Store::connect(database_url).await.context("failed to connect to the database")?;
+        store.migrate().await.context("failed to apply database migrations")?;
+        let snapshot = load_key_snapshot(&store).await.context("failed to load API keys")?;
+        store.close().await;
+        Ok(snapshot)
+    })
+}
+
+/// Runs the gateway until a signal stops it. Does not return.
+pub fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
+    let config = loaded.runtime.clone();
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("failed to create the state directory {}", config.state_dir.display()))?;
+
+    let snapshot = prepare_store(&config.database_url)?;
+    info!(keys = snapshot.len(), database = %redact_url(&config.database_url), "store ready");
+    std::thread::spawn(crate::accounting::usage::warm_up_tokenizer);
+
+    let journal = Arc::new(Journal::open(&config.journal_dir()).context("failed to open the usage journal")?);
+    let (sink, writer) = usage_channel(config.accounting.channel_capacity, journal);
+    let shared_config = Arc::new(ArcSwap::from(config.clone()));
+    let keys = Arc::new(ArcSwap::from_pointee(snapshot));
+
+    // Bind the admin address now, so that a taken port fails start-up with a clear message.
+    let admin_listener = TcpListener::bind(&config.admin_listen)
+        .with_context(|| format!("failed to bind the admin listener to {}", config.admin_listen))?;
+    admin_listener.set_nonblocking(true)?;
+
+    let server_conf = ServerConf {
+        threads: config.threads,
+        pid_file: config.state_dir.join("watchllm.pid").display().to_string(),
+        upgrade_sock: config.state_dir.join("upgrade.sock").display().to_string(),
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(config.shutdown_grace.as_secs()),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, server_conf);
+    server.bootstrap();
+
+    let gateway = Gateway { config: shared_config.clone(), keys: keys.clone(), usage: sink };
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "watchllm proxy");
+    proxy.add_tcp(&config.listen);
+    proxy.threads = Some(config.threads);
+
+    let accounting = AccountingService::new(writer, keys, shared_config.clone());
+    let admin = AdminService::new(admin_listener, shared_config);
+    server.add_service(proxy);
+    server.add_service(background_service("accounting", accounting));
+    server.add_service(background_service("admin", admin));
+
+    info!(listen = %config.listen, admin_listen = %config.admin_listen, config_version = %config.version, "watchllm starting");
+    server.run_forever()
+}
+
+/// Hides the password of a database URL, for logs.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_password_redacted() {
+        assert_eq!(redact_url("postgres://u:secret@db/x"), "postgres://u:***@db/x");
+        assert_eq!(redact_url("sqlite://./state/w.db"), "sqlite://./state/w.db");
+    }
+}

@@ -1,0 +1,623 @@
+"""Processes, databases and HTTP helpers for the WatchLLM integration tests.
+
+The tests run the real `watchllm` binary: one mock upstream per session and one gateway per
+test, each on 127.0.0.1 with a port that the operating system picked. Every wait in this module
+polls with a deadline, so a hung process fails a test instead of hanging the suite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import http.client
+import json
+import os
+import secrets
+import select
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import openai
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PRICING_SOURCE = REPO_ROOT / "conf" / "pricing.yaml"
+LOOPBACK = "127.0.0.1"
+
+# PostgreSQL server of the test environment: trust authentication, so no password. The
+# maintenance database only runs CREATE DATABASE and DROP DATABASE for the tests' own databases.
+POSTGRES_URL_PREFIX = f"postgres://postgres@{LOOPBACK}:5432"
+POSTGRES_MAINTENANCE_DB = "test"
+
+# Models that every test gateway routes to the mock provider. Each one has a price in
+# conf/pricing.yaml and no upstream_model, so the gateway forwards the name unchanged.
+MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
+
+# Tokens that the mock adds to each chat message for its role and separators.
+MOCK_TOKENS_PER_MESSAGE = 4
+
+STARTUP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15.0
+CLI_TIMEOUT_S = 30.0
+POLL_INTERVAL_S = 0.05
+
+
+def binary_path() -> Path:
+    """Return the watchllm binary: $WATCHLLM_BIN, else the release build of this repository."""
+    override = os.environ.get("WATCHLLM_BIN")
+    path = Path(override) if override else REPO_ROOT / "target" / "release" / "watchllm"
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise RuntimeError(
+            f"watchllm binary not found or not executable at {path}; "
+            "run `cargo build --release` or set WATCHLLM_BIN"
+        )
+    return path
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that the operating system reported free."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        return probe.getsockname()[1]
+
+
+def port_accepts(port: int) -> bool:
+    """Return True when a TCP connection to 127.0.0.1:`port` succeeds."""
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def base_environment() -> dict[str, str]:
+    """Return this process's environment without WATCHLLM_* and OPENAI_* variables.
+
+    The gateway reads WATCHLLM_* overrides and the SDK reads OPENAI_*, so inherited values
+    would change what a test runs against.
+    """
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("WATCHLLM_", "OPENAI_"))
+    }
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, message: str, interval: float = POLL_INTERVAL_S) -> Any:
+    """Call `condition` until it returns a truthy value and return that value.
+
+    Raises AssertionError with `message` when `timeout` seconds pass first.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.1f} s: {message}")
+        time.sleep(interval)
+
+
+def word_count(text: str) -> int:
+    """Count whitespace-separated words, the mock's unit of a token."""
+    return len(text.split())
+
+
+def mock_chat_prompt_tokens(messages: list[dict[str, str]]) -> int:
+    """Return the prompt tokens that the mock reports for chat `messages` with string contents."""
+    return sum(word_count(message["content"]) + MOCK_TOKENS_PER_MESSAGE for message in messages)
+
+
+def unique_text(label: str) -> str:
+    """Return `label` followed by a random word, so a test can find its own text in logs."""
+    return f"{label} marker{secrets.token_hex(6)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain HTTP, for requests that the OpenAI SDK cannot send (raw bytes, gzip, x-api-key).
+
+
+@dataclass
+class HttpResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def http_request(
+    url: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> HttpResponse:
+    """Send one HTTP/1.1 request to a loopback URL and read the whole response."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname != LOOPBACK:
+        raise ValueError(f"tests send traffic only to {LOOPBACK}, not to {url}")
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        data = response.read()
+        response_headers = {name.lower(): value for name, value in response.getheaders()}
+        return HttpResponse(response.status, response_headers, data)
+    finally:
+        connection.close()
+
+
+def sdk_client(base_url: str, api_key: str, **options: Any) -> openai.OpenAI:
+    """Build an OpenAI SDK client for the gateway: no retries and no proxy from the environment."""
+    options.setdefault("timeout", 30.0)
+    return openai.OpenAI(
+        base_url=base_url,
+        api_key=api_key,
+        max_retries=0,
+        http_client=openai.DefaultHttpxClient(trust_env=False),
+        **options,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Pricing.
+
+
+class Pricing:
+    """Model prices in USD per million tokens, read from a pricing file."""
+
+    def __init__(self, path: Path):
+        self.models: dict[str, dict[str, float]] = yaml.safe_load(path.read_text())["models"]
+
+    def cost(self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        """Compute ((prompt - cached) * input + cached * cached_input + completion * output) / 1e6."""
+        price = self.models[model]
+        cached_rate = price.get("cached_input", price["input"])
+        uncached = prompt_tokens - cached_tokens
+        return (uncached * price["input"] + cached_tokens * cached_rate + completion_tokens * price["output"]) / 1e6
+
+
+# ---------------------------------------------------------------------------------------------
+# The mock upstream.
+
+
+class MockUpstream:
+    """A `watchllm mock-upstream` process and its introspection routes."""
+
+    def __init__(self, binary: Path, log_dir: Path):
+        self.binary = binary
+        self.log_path = log_dir / "mock-upstream.stderr"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.root = ""
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [str(self.binary), "mock-upstream", "--listen", f"{LOOPBACK}:0"],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=base_environment(),
+        )
+        log.close()
+        line = self._read_first_line(STARTUP_TIMEOUT_S)
+        prefix = "mock upstream listening on "
+        if not line.startswith(prefix):
+            self.stop()
+            raise RuntimeError(f"unexpected first line from mock-upstream: {line!r}")
+        self.url = line[len(prefix):].strip()
+        self.root = self.url.removesuffix("/v1")
+        if urllib.parse.urlsplit(self.url).hostname != LOOPBACK:
+            self.stop()
+            raise RuntimeError(f"mock upstream listens outside loopback: {self.url}")
+
+    def _read_first_line(self, timeout: float) -> str:
+        assert self.process is not None and self.process.stdout is not None
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        if not ready:
+            raise RuntimeError(f"mock-upstream printed nothing within {timeout} s; see {self.log_path}")
+        line = self.process.stdout.readline().decode("utf-8", "replace")
+        if not line:
+            raise RuntimeError(f"mock-upstream exited with {self.process.wait(5)}; see {self.log_path}")
+        return line
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(STOP_TIMEOUT_S)
+
+    def last_request(self) -> dict[str, Any]:
+        """Return the mock's record of its latest POST: path, headers, body_sha256, body_len, body."""
+        response = http_request(self.root + "/mock/last-request")
+        assert response.status == 200, response.body
+        return response.json()
+
+    def request_count(self) -> int:
+        response = http_request(self.root + "/mock/requests")
+        assert response.status == 200, response.body
+        return response.json()["count"]
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL, through psql against the tests' own databases.
+
+
+def psql(sql: str, database: str = POSTGRES_MAINTENANCE_DB) -> str:
+    """Run SQL with psql and return its unaligned output. Raises on any SQL error."""
+    environment = base_environment()
+    environment["PGCONNECT_TIMEOUT"] = "5"
+    completed = subprocess.run(
+        ["psql", "-h", LOOPBACK, "-p", "5432", "-U", "postgres", "-d", database,
+         "-v", "ON_ERROR_STOP=1", "-X", "-A", "-t", "-c", sql],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+        env=environment,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"psql failed with exit code {completed.returncode}: {completed.stderr.strip()}")
+    return completed.stdout
+
+
+def create_postgres_database() -> str:
+    name = f"wl_{secrets.token_hex(6)}"
+    psql(f"CREATE DATABASE {name}")
+    return name
+
+
+def drop_postgres_database(name: str) -> None:
+    # WITH (FORCE) ends the database's sessions first (PostgreSQL 13 and later).
+    psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def block_postgres_database(name: str) -> None:
+    """Refuse new connections to database `name` and end its current sessions."""
+    psql(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+    psql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+    )
+
+
+def unblock_postgres_database(name: str) -> None:
+    psql(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+
+
+# ---------------------------------------------------------------------------------------------
+# The gateway.
+
+
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Return `base` with `overrides` merged in, recursing into nested mappings."""
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+class Gateway:
+    """One `watchllm serve` process with its own config, state directory and database.
+
+    `config_overrides` is merged into the generated watchllm.yaml. `environment` adds variables
+    to the gateway's environment, such as a provider key or WATCHLLM_LOG.
+    """
+
+    PROJECT_NAME = "integration"
+
+    def __init__(
+        self,
+        binary: Path,
+        workdir: Path,
+        backend: str,
+        mock: MockUpstream,
+        stderr_path: Path,
+        config_overrides: dict[str, Any] | None = None,
+        environment: dict[str, str] | None = None,
+    ):
+        self.binary = binary
+        self.workdir = workdir
+        self.backend = backend
+        self.mock = mock
+        self.stderr_path = stderr_path
+        self.config_overrides = config_overrides or {}
+        self.extra_environment = environment or {}
+
+        self.config_dir = workdir / "conf"
+        self.config_path = self.config_dir / "watchllm.yaml"
+        self.state_dir = workdir / "state"
+        self.journal_dir = self.state_dir / "journal"
+        self.pricing = Pricing(PRICING_SOURCE)
+
+        self.database_name: str | None = None
+        self.database_url = ""
+        self.listen_port = 0
+        self.admin_port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.project_id = ""
+        self.key = ""
+        self.key_id = ""
+        # Keys, prompts and completions that must never appear in the gateway's stderr.
+        self.secrets: list[str] = []
+
+    # --- set-up -----------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Write the config, create the database, the project and the first key."""
+        self.config_dir.mkdir(parents=True)
+        self.state_dir.mkdir(parents=True)
+        shutil.copyfile(PRICING_SOURCE, self.config_dir / "pricing.yaml")
+        self.pricing = Pricing(self.config_dir / "pricing.yaml")
+        self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+
+        if self.backend == "sqlite":
+            self.database_url = ""
+        elif self.backend == "postgres":
+            self.database_name = create_postgres_database()
+            self.database_url = f"{POSTGRES_URL_PREFIX}/{self.database_name}"
+        else:
+            raise ValueError(f"unknown backend {self.backend!r}")
+
+        self.listen_port = free_port()
+        self.admin_port = free_port()
+        project = json.loads(self.cli("project", "create", self.PROJECT_NAME, "--plan", "pro").stdout)
+        self.project_id = project["id"]
+        self.key = self.create_key()
+        self.key_id = self.find_key_id(self.key)
+
+    def config(self) -> dict[str, Any]:
+        base = {
+            "threads": 1,
+            "pricing_file": "pricing.yaml",
+            "shutdown_grace_seconds": 5,
+            "auth": {"refresh_interval_ms": 200},
+            "accounting": {"flush_interval_ms": 50, "replay_interval_ms": 200},
+            "providers": {"mock": {"base_url": self.mock.url}},
+            "models": {name: {"provider": "mock"} for name in MODELS},
+        }
+        return deep_merge(base, self.config_overrides)
+
+    def environment(self) -> dict[str, str]:
+        environment = base_environment()
+        environment.update(
+            {
+                "WATCHLLM_LISTEN": f"{LOOPBACK}:{self.listen_port}",
+                "WATCHLLM_ADMIN_LISTEN": f"{LOOPBACK}:{self.admin_port}",
+                "WATCHLLM_STATE_DIR": str(self.state_dir),
+                "WATCHLLM_DATABASE_URL": self.database_url,
+            }
+        )
+        environment.update(self.extra_environment)
+        return environment
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.listen_port}/v1"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.admin_port}"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.state_dir / "watchllm.db"
+
+    # --- the process ------------------------------------------------------------------------
+
+    def start(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
+        """Start `watchllm serve` and wait until GET /health returns status ok."""
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError("the gateway is already running")
+        stderr = open(self.stderr_path, "ab")
+        self.process = subprocess.Popen(
+            [str(self.binary), "serve", "--config", str(self.config_path)],
+            stdout=stderr,
+            stderr=stderr,
+            env=self.environment(),
+            cwd=self.workdir,
+        )
+        stderr.close()
+        self.wait_healthy(timeout)
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"the gateway exited with code {self.process.returncode} during start-up:\n"
+                    + self.stderr_tail()
+                )
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                response = http_request(self.admin_url + "/health", timeout=2.0)
+                if response.status == 200 and response.json().get("status") == "ok":
+                    break
+            time.sleep(POLL_INTERVAL_S)
+        else:
+            raise RuntimeError(f"GET /health did not return status ok within {timeout} s:\n" + self.stderr_tail())
+
+        # NOTE: /health can return ok before the proxy listener accepts connections, because
+        # the admin service starts first, so start-up also waits for the proxy port.
+        while time.monotonic() < deadline:
+            if port_accepts(self.listen_port):
+                return
+            time.sleep(POLL_INTERVAL_S)
+        raise RuntimeError(f"the proxy port {self.listen_port} accepted no connection within {timeout} s:\n" + self.stderr_tail())
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
+        """Send SIGTERM and wait for the exit. Sends SIGKILL when the gateway outlives `timeout`.
+
+        Returns the exit code after SIGTERM, or None when SIGKILL was needed.
+        """
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout)
+            return None
+
+    def kill(self) -> None:
+        """Stop the gateway with SIGKILL, as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(STOP_TIMEOUT_S)
+
+    def restart(self) -> None:
+        """Stop the gateway if it runs and start it again on the same ports and state."""
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stop the gateway and drop its PostgreSQL database."""
+        try:
+            self.stop()
+        finally:
+            if self.database_name is not None:
+                with contextlib.suppress(RuntimeError):
+                    unblock_postgres_database(self.database_name)
+                drop_postgres_database(self.database_name)
+                self.database_name = None
+
+    def stderr_text(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    def stderr_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.stderr_text().splitlines()[-lines:])
+
+    # --- management commands ----------------------------------------------------------------
+
+    def cli(self, *arguments: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a watchllm management command against this gateway's config and database."""
+        completed = subprocess.run(
+            [str(self.binary), *arguments, "--config", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT_S,
+            env=self.environment(),
+            cwd=self.workdir,
+        )
+        if check and completed.returncode != 0:
+            raise RuntimeError(
+                f"watchllm {' '.join(arguments)} failed with exit code {completed.returncode}:\n{completed.stderr}"
+            )
+        return completed
+
+    def create_key(self) -> str:
+        key = self.cli("key", "create", self.PROJECT_NAME).stdout.strip()
+        assert key.startswith("wllm_"), f"unexpected key format: {key[:8]}..."
+        self.secrets.append(key)
+        return key
+
+    def find_key_id(self, key: str) -> str:
+        """Return the id of `key`, found by its display prefix in `key list`."""
+        listed = [json.loads(line) for line in self.cli("key", "list", self.PROJECT_NAME).stdout.splitlines() if line]
+        matches = [entry["id"] for entry in listed if key.startswith(entry["prefix"])]
+        assert len(matches) == 1, f"expected one key with the prefix of the new key, found {len(matches)}"
+        return matches[0]
+
+    def usage_events(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Return the stored usage events, newest first, from `watchllm usage list`."""
+        output = self.cli("usage", "list", "--limit", str(limit)).stdout
+        return [json.loads(line) for line in output.splitlines() if line.strip()]
+
+    def wait_for_events(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Poll `usage list` until at least `count` events are stored, and return them all."""
+        found: list[dict[str, Any]] = []
+
+        def enough() -> bool:
+            nonlocal found
+            found = self.usage_events()
+            return len(found) >= count
+
+        wait_until(enough, timeout, f"expected {count} usage events, found {len(found)}", interval=0.1)
+        return found
+
+    def wait_for_event(self, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Poll `usage list` until the event of `request_id` is stored, and return it."""
+
+        def lookup() -> dict[str, Any] | None:
+            return next((event for event in self.usage_events() if event["id"] == request_id), None)
+
+        return wait_until(lookup, timeout, f"no usage event with id {request_id}", interval=0.1)
+
+    # --- clients ----------------------------------------------------------------------------
+
+    def client(self, api_key: str | None = None, **options: Any) -> openai.OpenAI:
+        return sdk_client(self.base_url, self.key if api_key is None else api_key, **options)
+
+    def post(self, path: str, body: bytes, headers: dict[str, str] | None = None, timeout: float = 30.0) -> HttpResponse:
+        """POST raw bytes to the gateway with this gateway's key, unless `headers` sets auth itself."""
+        request_headers = {"Content-Type": "application/json"}
+        if not headers or not any(name.lower() in ("authorization", "x-api-key") for name in headers):
+            request_headers["Authorization"] = f"Bearer {self.key}"
+        request_headers.update(headers or {})
+        return http_request(self.base_url + path, "POST", body, request_headers, timeout)
+
+    def track(self, *texts: str) -> None:
+        """Register prompts or completions that must never appear in the gateway's stderr."""
+        self.secrets.extend(text for text in texts if text)
+
+    # --- database outages -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def database_unavailable(self) -> Iterator[None]:
+        """Make the gateway's database reject writes until the block exits.
+
+        SQLite: a connection from this process holds `BEGIN EXCLUSIVE`, so the gateway's inserts
+        fail once its busy timeout passes. PostgreSQL: the database refuses new connections and
+        its current sessions are ended.
+        """
+        if self.backend == "sqlite":
+            connection = sqlite3.connect(self.sqlite_path, timeout=10.0, isolation_level=None)
+            try:
+                connection.execute("BEGIN EXCLUSIVE")
+                yield
+            finally:
+                connection.execute("ROLLBACK")
+                connection.close()
+        else:
+            assert self.database_name is not None
+            block_postgres_database(self.database_name)
+            try:
+                yield
+            finally:
+                unblock_postgres_database(self.database_name)
+
+    def journal_files(self) -> list[Path]:
+        if not self.journal_dir.exists():
+            return []
+        return sorted(path for path in self.journal_dir.iterdir() if path.name.startswith("usage.journal"))
+
+    def journal_event_ids(self) -> list[str]:
+        """Return the ids of the events in every journal file, including ones being replayed."""
+        ids = []
+        for path in self.journal_files():
+            for line in path.read_text(errors="replace").splitlines():
+                if line.strip():
+                    with contextlib.suppress(json.JSONDecodeError):
+                        ids.append(json.loads(line)["id"])
+        return ids

@@ -1,0 +1,72 @@
+"""The gateway's stderr never contains keys, prompts or completions, even at debug level.
+
+The `gateway_factory` fixture checks every test's stderr for the texts that the test registered
+with `Gateway.track`. These tests add debug logging and requests that fail in several ways.
+"""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+
+from harness import Gateway, unique_text
+
+
+def send_mixed_requests(gateway: Gateway) -> None:
+    """Send a plain, a streamed, a rejected and an upstream-failed request with tracked texts."""
+    client = gateway.client()
+
+    prompt = unique_text("Plain request for the log check")
+    completion = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}])
+    gateway.track(prompt, completion.choices[0].message.content)
+
+    prompt = unique_text("Streamed request for the log check")
+    chunks = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}], stream=True
+    )
+    gateway.track(prompt, "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices))
+
+    prompt = unique_text("Rejected request for the log check")
+    gateway.track(prompt)
+    response = gateway.post("/chat/completions", json.dumps({"model": "gpt-4o-mini", "messages": prompt}).encode())
+    assert response.status == 400
+
+    prompt = unique_text("Failed request for the log check")
+    gateway.track(prompt)
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": prompt}],
+            extra_headers={"x-mock-status": "500"},
+        )
+
+    wrong_key = "wllm_" + "f" * 64
+    gateway.track(wrong_key)
+    with pytest.raises(openai.AuthenticationError):
+        gateway.client(api_key=wrong_key).models.list()
+
+
+def test_info_logs_omit_secrets(gateway: Gateway) -> None:
+    send_mixed_requests(gateway)
+    gateway.wait_for_events(4)
+    gateway.stop()
+
+    logged = gateway.stderr_text()
+    assert "request finished" in logged, "the gateway logged no request lines, so the check proves nothing"
+    for secret in gateway.secrets:
+        assert secret not in logged
+
+
+def test_debug_logs_omit_secrets(gateway_factory) -> None:
+    gateway = gateway_factory(environment={"WATCHLLM_LOG": "debug"})
+
+    send_mixed_requests(gateway)
+    gateway.wait_for_events(4)
+    gateway.stop()
+
+    logged = gateway.stderr_text()
+    assert "DEBUG" in logged, "debug logging is not on, so the check proves less than it claims"
+    for secret in gateway.secrets:
+        assert secret not in logged
