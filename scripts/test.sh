@@ -6,5 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
+# The store tests fail, rather than skip, when this server is unreachable.
+export WATCHLLM_TEST_POSTGRES_URL="${WATCHLLM_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
 cargo test --release --locked
 .venv/bin/python -m pytest tests/integration -q -p no:cacheprovider "$@"

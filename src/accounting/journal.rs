@@ -8,9 +8,6 @@
 //!
 //! One process at a time may use a journal directory, because replays in two processes could
 //! delete each other's files.
-//!
-//! NOTE: serde_json is built without its `float_roundtrip` feature, so a cost read back from
-//! the journal can differ from the recorded one in the last bit.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};

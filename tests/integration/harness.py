@@ -612,6 +612,10 @@ class Gateway:
             return []
         return sorted(path for path in self.journal_dir.iterdir() if path.name.startswith("usage.journal"))
 
+    def replaying_files(self) -> list[Path]:
+        """Return the journal files that a replay moved aside and has not finished yet."""
+        return [path for path in self.journal_files() if path.name.startswith("usage.journal.replaying-")]
+
     def journal_event_ids(self) -> list[str]:
         """Return the ids of the events in every journal file, including ones being replayed."""
         ids = []

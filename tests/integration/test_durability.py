@@ -54,7 +54,11 @@ def wait_for_journal(gateway: Gateway, request_ids: list[str]) -> list[str]:
 def assert_stored_once(gateway: Gateway, request_ids: list[str]) -> None:
     """Wait for the replay to finish and check that the stored events are exactly the requests."""
     gateway.wait_for_events(len(request_ids), timeout=REPLAY_TIMEOUT_S)
-    wait_until(lambda: not gateway.journal_files(), REPLAY_TIMEOUT_S, "the journal files were not removed after the replay")
+    wait_until(
+        lambda: not gateway.journal_event_ids() and not gateway.replaying_files(),
+        REPLAY_TIMEOUT_S,
+        "the journal still holds events after the replay",
+    )
     stored_ids = [event["id"] for event in gateway.usage_events()]
 
     assert len(stored_ids) == len(request_ids)

@@ -23,10 +23,10 @@ def chat_messages(prompt: str) -> list[dict[str, str]]:
 
 
 def test_missing_key_401(gateway: Gateway) -> None:
-    client = gateway.client(default_headers={"Authorization": openai.Omit()})
-
     with pytest.raises(openai.AuthenticationError) as caught:
-        client.chat.completions.create(model="gpt-4o-mini", messages=chat_messages("hello"))
+        gateway.client().chat.completions.create(
+            model="gpt-4o-mini", messages=chat_messages("hello"), extra_headers={"Authorization": openai.Omit()}
+        )
 
     assert caught.value.status_code == 401
     assert caught.value.code == "missing_api_key"
