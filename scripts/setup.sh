@@ -20,8 +20,6 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import openai, pytest" 2>/dev/null; then
-  .venv/bin/pip install --quiet --disable-pip-version-check -r tests/integration/requirements.txt
-fi
+.venv/bin/pip install --quiet --disable-pip-version-check -r tests/integration/requirements.txt
 
 cargo build --release --locked

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod mock;
 pub mod proxy;
 pub mod routing;

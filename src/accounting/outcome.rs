@@ -27,6 +27,9 @@ pub struct RequestOutcome<'a> {
     pub completion_text: &'a str,
     /// Whether the request reached the provider at all; if not, it used no tokens.
     pub reached_upstream: bool,
+    /// Whether the provider answered with an error (a status of 400 or more, or an error object
+    /// as the first event of a stream). Without reported usage, such an answer costs nothing.
+    pub upstream_error: bool,
     pub price: Option<ModelPrice>,
     pub latency_ms: i64,
     pub ttfb_ms: Option<i64>,
@@ -39,6 +42,7 @@ pub fn usage_event(outcome: &RequestOutcome<'_>) -> UsageEvent {
     let (usage, estimated) = match (outcome.reported, outcome.reached_upstream) {
         (Some(usage), _) => (usage, false),
         (None, false) => (Usage::default(), false),
+        (None, true) if outcome.upstream_error => (Usage::default(), false),
         (None, true) => {
             let prompt_tokens = outcome.request.map(estimate_prompt_tokens).unwrap_or(0);
             let completion_tokens = count_tokens(outcome.completion_text);
@@ -122,6 +126,23 @@ mod tests {
         assert_eq!(event.prompt_tokens, 9);
         assert_eq!(event.completion_tokens, 2);
         assert!(event.cost_usd > 0.0);
+    }
+
+    #[test]
+    fn upstream_error_without_usage_costs_nothing() {
+        let request = json!({"messages": [{"role": "user", "content": "hello"}]});
+        let outcome = RequestOutcome {
+            request: Some(&request),
+            reached_upstream: true,
+            upstream_error: true,
+            price: Some(PRICE),
+            status: 429,
+            ..Default::default()
+        };
+        let event = usage_event(&outcome);
+        assert_eq!(event.total_tokens, 0);
+        assert_eq!(event.cost_usd, 0.0);
+        assert!(!event.tokens_estimated);
     }
 
     #[test]

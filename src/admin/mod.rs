@@ -1,23 +1,75 @@
-//! The admin listener: a separate address for operators. It serves `GET /health` for now.
+//! The admin listener, on its own address: `/health` (liveness, open), `/health/ready` and
+//! `/metrics` (behind the admin token; `/metrics` may be opened by config).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use axum::extract::State;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
 
+use crate::accounting::journal::Journal;
+use crate::accounting::writer::UsageSink;
 use crate::config::RuntimeConfig;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Longest wait for the store's answer in the readiness check.
+const STORE_PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct AdminState {
     pub config: Arc<ArcSwap<RuntimeConfig>>,
-    pub started: std::time::Instant,
+    pub metrics: Arc<Metrics>,
+    pub usage: UsageSink,
+    pub journal: Arc<Journal>,
+    /// `None` while the admin service has not connected to the store yet.
+    pub store: Option<Store>,
+    pub started: Instant,
 }
 
 pub fn router(state: AdminState) -> Router {
-    Router::new().route("/health", get(health)).with_state(state)
+    let protected = Router::new()
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new().route("/health", get(health)).merge(protected).with_state(state)
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = json!({"error": {"message": message, "type": "invalid_request_error", "code": code}});
+    (status, Json(body)).into_response()
+}
+
+/// Checks `Authorization: Bearer TOKEN` against the configured admin token in constant time.
+async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let config = state.config.load();
+    if request.uri().path() == "/metrics" && config.public_metrics {
+        return next.run(request).await;
+    }
+    let Some(expected) = config.admin_token.as_ref() else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "admin_token_not_configured",
+            "This endpoint needs the admin token, and none is configured: set the variable named by admin.token_env.",
+        );
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !bool::from(presented.as_bytes().ct_eq(expected.0.as_bytes())) {
+        return error(StatusCode::UNAUTHORIZED, "invalid_admin_token", "Missing or invalid admin token in 'Authorization: Bearer TOKEN'.");
+    }
+    next.run(request).await
 }
 
 /// Liveness: the process runs and has a config. It checks no dependency, so a slow database
@@ -30,4 +82,47 @@ async fn health(State(state): State<AdminState>) -> Json<Value> {
         "config_version": config.version,
         "uptime_seconds": state.started.elapsed().as_secs(),
     }))
+}
+
+/// Readiness: the store answers, a config is loaded, and the journal is under its limit.
+async fn ready(State(state): State<AdminState>) -> Response {
+    let config = state.config.load();
+    let store_ok = match &state.store {
+        Some(store) => matches!(tokio::time::timeout(STORE_PING_TIMEOUT, store.ping()).await, Ok(Ok(()))),
+        None => false,
+    };
+    let proxy_ok = proxy_accepts(&config.listen).await;
+    let journal_bytes = state.journal.pending_bytes();
+    let journal_ok = journal_bytes <= config.accounting.journal_max_bytes;
+    let ready = store_ok && journal_ok && proxy_ok;
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "checks": {
+            "store": if store_ok { "ok" } else { "unreachable" },
+            "proxy": if proxy_ok { "listening" } else { "not_listening" },
+            "config": {"status": "ok", "version": config.version},
+            "journal": {
+                "status": if journal_ok { "ok" } else { "over_limit" },
+                "pending_bytes": journal_bytes,
+                "limit_bytes": config.accounting.journal_max_bytes,
+            },
+        },
+    });
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+/// Whether the proxy listener accepts connections; an unspecified address is tried on loopback.
+async fn proxy_accepts(listen: &str) -> bool {
+    let Ok(mut address) = listen.parse::<std::net::SocketAddr>() else { return false };
+    if address.ip().is_unspecified() {
+        let loopback: std::net::IpAddr = if address.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() };
+        address.set_ip(loopback);
+    }
+    matches!(tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(address)).await, Ok(Ok(_)))
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let text = state.metrics.render(state.usage.stats(), state.journal.pending_bytes(), state.journal.pending_events());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

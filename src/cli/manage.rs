@@ -41,7 +41,11 @@ fn load(arg: &ConfigArg) -> anyhow::Result<LoadedConfig> {
 }
 
 fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WATCHLLM_LOG").unwrap_or_else(|_| "info".into());
+    let requested = std::env::var("WATCHLLM_LOG").unwrap_or_else(|_| "info".into());
+    // Pingora's proxy logs whole request and response bodies at debug level, and those hold
+    // prompts and completions, so its level stays at info unless a directive names it.
+    let directives = if requested.contains("pingora") { requested } else { format!("{requested},pingora_proxy=info,pingora_core=info") };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = if json { builder.json().try_init() } else { builder.try_init() };

@@ -77,7 +77,7 @@ pub fn load_config_with_env(path: &Path, env: &HashMap<String, String>) -> Resul
     hasher.update(pricing_text.as_bytes());
     let version = hex::encode(&hasher.finalize()[..6]);
 
-    let runtime = validate(raw, &pricing, env, version)
+    let runtime = validate(raw, &pricing, env, version, pricing_path)
         .map_err(|problems| ConfigError { file: path.to_path_buf(), problems })?;
     Ok(LoadedConfig { path: path.to_path_buf(), runtime: Arc::new(runtime) })
 }
@@ -88,9 +88,10 @@ fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigPro
     serde_path_to_error::deserialize(deserializer).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
+        let text = inner.to_string();
         let message = match inner.location() {
-            Some(at) => format!("{inner} (line {}, column {})", at.line(), at.column()),
-            None => inner.to_string(),
+            Some(at) if !text.contains(" line ") => format!("{text} (line {}, column {})", at.line(), at.column()),
+            _ => text,
         };
         ConfigProblem { path: if path == "." { "(root)".into() } else { path }, message }
     })
@@ -115,6 +116,7 @@ fn validate(
     pricing: &PricingTable,
     env: &HashMap<String, String>,
     version: String,
+    pricing_path: PathBuf,
 ) -> Result<RuntimeConfig, Vec<ConfigProblem>> {
     let mut problems = Vec::new();
     let mut problem = |path: &str, message: String| problems.push(ConfigProblem { path: path.into(), message });
@@ -185,6 +187,12 @@ fn validate(
         }
     }
 
+    // An unset token variable is not an error: the protected admin endpoints stay closed.
+    let admin_token = env.get(&raw.admin.token_env).filter(|t| !t.is_empty()).map(|t| SecretKey(t.clone()));
+    if admin_token.as_ref().is_some_and(|t| t.0.len() < 16) {
+        problem("admin.token_env", format!("the token in {} must be at least 16 characters", raw.admin.token_env));
+    }
+
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -193,6 +201,7 @@ fn validate(
     model_names.sort();
     Ok(RuntimeConfig {
         version,
+        pricing_path,
         listen: raw.listen,
         admin_listen: raw.admin_listen,
         state_dir: PathBuf::from(raw.state_dir),
@@ -207,7 +216,12 @@ fn validate(
             batch_size: raw.accounting.batch_size,
             flush_interval: Duration::from_millis(raw.accounting.flush_interval_ms.max(1)),
             replay_interval: Duration::from_millis(raw.accounting.replay_interval_ms.max(10)),
+            journal_max_bytes: raw.accounting.journal_max_bytes,
         },
+        admin_token,
+        public_metrics: raw.admin.public_metrics,
+        metrics_project_label: raw.metrics.project_label,
+        reload_watch_interval: Duration::from_millis(raw.reload.watch_interval_ms),
         models,
         model_names,
     })

@@ -7,6 +7,7 @@
 pub mod load;
 pub mod pricing;
 pub mod raw;
+pub mod reload;
 pub mod runtime;
 
 pub use load::{load_config, ConfigError, LoadedConfig};

@@ -28,6 +28,9 @@ pub struct RawConfig {
     pub log_format: String,
     pub auth: RawAuth,
     pub accounting: RawAccounting,
+    pub admin: RawAdmin,
+    pub metrics: RawMetrics,
+    pub reload: RawReload,
     pub providers: BTreeMap<String, RawProvider>,
     pub models: BTreeMap<String, RawModel>,
 }
@@ -46,6 +49,9 @@ impl Default for RawConfig {
             log_format: "text".into(),
             auth: RawAuth::default(),
             accounting: RawAccounting::default(),
+            admin: RawAdmin::default(),
+            metrics: RawMetrics::default(),
+            reload: RawReload::default(),
             providers: BTreeMap::new(),
             models: BTreeMap::new(),
         }
@@ -76,11 +82,55 @@ pub struct RawAccounting {
     pub flush_interval_ms: u64,
     /// How often a non-empty journal is replayed into the store, in milliseconds.
     pub replay_interval_ms: u64,
+    /// Journal size in bytes above which `/health/ready` reports not ready.
+    pub journal_max_bytes: u64,
 }
 
 impl Default for RawAccounting {
     fn default() -> Self {
-        RawAccounting { channel_capacity: 10_000, batch_size: 500, flush_interval_ms: 200, replay_interval_ms: 1000 }
+        RawAccounting {
+            channel_capacity: 10_000,
+            batch_size: 500,
+            flush_interval_ms: 200,
+            replay_interval_ms: 1000,
+            journal_max_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// Environment variable holding the admin token; empty disables every protected endpoint.
+    pub token_env: String,
+    /// Serve `/metrics` without the admin token.
+    pub public_metrics: bool,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin { token_env: "WATCHLLM_ADMIN_TOKEN".into(), public_metrics: false }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMetrics {
+    /// Add a `project` label to the request metrics. Multiplies the series by the number of projects.
+    pub project_label: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawReload {
+    /// How often the config and pricing files are checked for changes, in milliseconds; 0 turns
+    /// the check off (SIGHUP still reloads).
+    pub watch_interval_ms: u64,
+}
+
+impl Default for RawReload {
+    fn default() -> Self {
+        RawReload { watch_interval_ms: 1000 }
     }
 }
 

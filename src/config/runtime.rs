@@ -51,12 +51,15 @@ pub struct AccountingOptions {
     pub batch_size: usize,
     pub flush_interval: Duration,
     pub replay_interval: Duration,
+    pub journal_max_bytes: u64,
 }
 
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
     /// Short SHA-256 of the config and pricing files, reported by the health endpoint.
     pub version: String,
+    /// The pricing file this config read, watched for changes with the config file.
+    pub pricing_path: PathBuf,
     pub listen: String,
     pub admin_listen: String,
     pub state_dir: PathBuf,
@@ -67,6 +70,12 @@ pub struct RuntimeConfig {
     pub log_json: bool,
     pub auth_refresh_interval: Duration,
     pub accounting: AccountingOptions,
+    /// Token for the admin listener's protected endpoints; `None` disables them.
+    pub admin_token: Option<SecretKey>,
+    pub public_metrics: bool,
+    pub metrics_project_label: bool,
+    /// Zero turns file watching off.
+    pub reload_watch_interval: Duration,
     pub models: HashMap<String, ModelRoute>,
     /// Model names in sorted order, for `GET /v1/models`.
     pub model_names: Vec<String>,

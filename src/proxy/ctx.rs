@@ -1,5 +1,6 @@
 //! Per-request state carried through the Pingora phases.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,8 +17,26 @@ use crate::routing::Endpoint;
 /// forwarded whole, and their tokens are estimated.
 pub const MAX_CAPTURED_RESPONSE: usize = 32 * 1024 * 1024;
 
+/// Counts a request as in flight from its context's creation to its drop, so that a graceful
+/// shutdown can wait for the requests still running.
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    pub fn enter(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 pub struct RequestCtx {
     pub id: String,
+    _in_flight: InFlight,
     pub started: Instant,
     pub started_at_ms: i64,
     /// The config this request started with; a reload does not change it mid-request.
@@ -39,9 +58,10 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    pub fn new() -> Self {
+    pub fn new(in_flight: InFlight) -> Self {
         RequestCtx {
             id: uuid::Uuid::new_v4().to_string(),
+            _in_flight: in_flight,
             started: Instant::now(),
             started_at_ms: chrono::Utc::now().timestamp_millis(),
             config: None,
@@ -70,11 +90,5 @@ impl RequestCtx {
             return;
         }
         self.response_body.extend_from_slice(piece);
-    }
-}
-
-impl Default for RequestCtx {
-    fn default() -> Self {
-        Self::new()
     }
 }

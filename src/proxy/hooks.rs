@@ -11,7 +11,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use tracing::{debug, info, warn};
 
 use super::body::{check_declared_length, decode_body, parse_content_encoding};
-use super::ctx::RequestCtx;
+use super::ctx::{InFlight, RequestCtx};
 use super::request::prepare_request;
 use super::respond::{send_error, send_json, REQUEST_ID_HEADER};
 use super::Gateway;
@@ -19,6 +19,7 @@ use crate::accounting::outcome::{usage_event, RequestOutcome};
 use crate::accounting::{SseScanner, Usage};
 use crate::auth::extract_api_key;
 use crate::error::GatewayError;
+use crate::metrics::RequestLabels;
 use crate::routing::{build_peer, classify, upstream_host, upstream_path, Endpoint};
 
 /// Hop-by-hop and client-credential headers that never go upstream.
@@ -121,6 +122,9 @@ impl Gateway {
             request: ctx.request.as_ref().map(|r| &r.json),
             completion_text: &completion_text,
             reached_upstream: ctx.upstream_status.is_some(),
+            upstream_error: ctx.upstream_status.is_some_and(|s| s >= 400)
+                || ctx.sse.as_ref().is_some_and(|s| s.error_event)
+                || (ctx.sse.is_none() && reported.is_none() && is_error_body(&ctx.response_body)),
             price: route.map(|r| r.price),
             latency_ms: ctx.started.elapsed().as_millis() as i64,
             ttfb_ms: ctx.ttfb.map(|t| t.as_millis() as i64),
@@ -167,6 +171,11 @@ fn completion_text_of(body: &[u8]) -> String {
         .join("")
 }
 
+/// Whether a JSON response body is an error object, as some providers send with status 200.
+fn is_error_body(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v.get("error").is_some_and(|e| !e.is_null()))
+}
+
 /// Names what went wrong, for the usage event; `None` for a complete success.
 fn error_type(ctx: &RequestCtx, error: Option<&Error>, status: u16) -> Option<String> {
     if let Some(gateway_error) = &ctx.error {
@@ -184,6 +193,9 @@ fn error_type(ctx: &RequestCtx, error: Option<&Error>, status: u16) -> Option<St
         };
         return Some(kind.to_string());
     }
+    if status < 400 && ctx.sse.is_none() && is_error_body(&ctx.response_body) {
+        return Some("upstream_error_body".into());
+    }
     if let Some(scanner) = &ctx.sse {
         if scanner.error_event {
             return Some("upstream_error_event".into());
@@ -200,7 +212,7 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        RequestCtx::new(InFlight::enter(&self.in_flight))
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -355,6 +367,14 @@ impl ProxyHttp for Gateway {
                 "request finished"
             ),
         }
+        let labels = RequestLabels {
+            endpoint: ctx.endpoint.map(Endpoint::name).unwrap_or("unknown"),
+            model: ctx.route.as_ref().map(|r| r.name.as_str()).unwrap_or(""),
+            provider: ctx.route.as_ref().map(|r| r.provider.name.as_str()).unwrap_or(""),
+            status: status.unwrap_or(0),
+            project: ctx.key.as_ref().map(|k| k.project_id.as_str()).unwrap_or(""),
+        };
+        self.metrics.observe_request(&labels, ctx.started.elapsed().as_secs_f64(), event.as_ref());
         if let Some(event) = event {
             self.usage.record(event);
         }

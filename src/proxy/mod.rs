@@ -7,6 +7,7 @@ pub mod hooks;
 pub mod request;
 pub mod respond;
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -14,6 +15,7 @@ use arc_swap::ArcSwap;
 use crate::accounting::writer::UsageSink;
 use crate::auth::SharedKeys;
 use crate::config::RuntimeConfig;
+use crate::metrics::Metrics;
 
 pub use ctx::RequestCtx;
 
@@ -22,4 +24,7 @@ pub struct Gateway {
     pub config: Arc<ArcSwap<RuntimeConfig>>,
     pub keys: SharedKeys,
     pub usage: UsageSink,
+    pub metrics: Arc<Metrics>,
+    /// Requests in flight, which a graceful shutdown waits for.
+    pub in_flight: Arc<AtomicUsize>,
 }

@@ -4,6 +4,7 @@
 mod services;
 
 use std::net::TcpListener;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -19,7 +20,8 @@ use crate::auth::{KeyEntry, KeySnapshot};
 use crate::config::LoadedConfig;
 use crate::proxy::Gateway;
 use crate::store::Store;
-use services::{AccountingService, AdminService};
+use crate::metrics::Metrics;
+use services::{AccountingService, AdminService, ReloadService};
 
 /// Loads the active keys from the store into a snapshot.
 pub async fn load_key_snapshot(store: &Store) -> anyhow::Result<KeySnapshot> {
@@ -56,7 +58,9 @@ pub fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     std::thread::spawn(crate::accounting::usage::warm_up_tokenizer);
 
     let journal = Arc::new(Journal::open(&config.journal_dir()).context("failed to open the usage journal")?);
-    let (sink, writer) = usage_channel(config.accounting.channel_capacity, journal);
+    let (sink, writer) = usage_channel(config.accounting.channel_capacity, journal.clone());
+    let metrics = Arc::new(Metrics::new(config.metrics_project_label).context("failed to register metrics")?);
+    metrics.observe_reload(true);
     let shared_config = Arc::new(ArcSwap::from(config.clone()));
     let keys = Arc::new(ArcSwap::from_pointee(snapshot));
 
@@ -69,23 +73,35 @@ pub fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         threads: config.threads,
         pid_file: config.state_dir.join("watchllm.pid").display().to_string(),
         upgrade_sock: config.state_dir.join("upgrade.sock").display().to_string(),
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(config.shutdown_grace.as_secs()),
+        // Pingora lets in-flight requests run for the grace period after SIGTERM, then stops its
+        // runtimes. The accounting service ends the process earlier, once nothing is in flight
+        // and the usage events are written (see `AccountingService`).
+        grace_period_seconds: Some(config.shutdown_grace.as_secs() + 2),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, server_conf);
     server.bootstrap();
 
-    let gateway = Gateway { config: shared_config.clone(), keys: keys.clone(), usage: sink };
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let gateway = Gateway {
+        config: shared_config.clone(),
+        keys: keys.clone(),
+        usage: sink.clone(),
+        metrics: metrics.clone(),
+        in_flight: in_flight.clone(),
+    };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "watchllm proxy");
     proxy.add_tcp(&config.listen);
     proxy.threads = Some(config.threads);
 
-    let accounting = AccountingService::new(writer, keys, shared_config.clone());
-    let admin = AdminService::new(admin_listener, shared_config);
+    let accounting = AccountingService::new(writer, keys, shared_config.clone(), in_flight);
+    let admin = AdminService::new(admin_listener, shared_config.clone(), metrics.clone(), sink, journal);
+    let reload = ReloadService::new(loaded.path.clone(), shared_config, metrics);
     server.add_service(proxy);
     server.add_service(background_service("accounting", accounting));
     server.add_service(background_service("admin", admin));
+    server.add_service(background_service("reload", reload));
 
     info!(listen = %config.listen, admin_listen = %config.admin_listen, config_version = %config.version, "watchllm starting");
     server.run_forever()

@@ -1,30 +1,63 @@
 //! Background services that run beside the proxy in Pingora's server.
 
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 use super::load_key_snapshot;
-use crate::accounting::writer::{UsageWriter, WriterOptions};
+use crate::accounting::journal::Journal;
+use crate::accounting::writer::{UsageSink, UsageWriter, WriterOptions};
+use crate::metrics::Metrics;
 use crate::admin::{router, AdminState};
 use crate::auth::SharedKeys;
-use crate::config::RuntimeConfig;
+use crate::config::reload::{merge_reloaded, restart_only_changes};
+use crate::config::{load_config, RuntimeConfig};
+
+/// Wait after a file change is seen before it is read, so that a write in progress can finish.
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(250);
 use crate::store::Store;
 
 /// Writes usage events to the store and keeps the key snapshot current.
+///
+/// At shutdown it waits for the requests in flight (up to `shutdown_grace_seconds`), writes the
+/// remaining usage events, and then ends the process, because Pingora would otherwise sleep
+/// through its whole grace period even when nothing is left to do.
 pub struct AccountingService {
     writer: Mutex<Option<UsageWriter>>,
     keys: SharedKeys,
     config: Arc<ArcSwap<RuntimeConfig>>,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl AccountingService {
-    pub fn new(writer: UsageWriter, keys: SharedKeys, config: Arc<ArcSwap<RuntimeConfig>>) -> Self {
-        AccountingService { writer: Mutex::new(Some(writer)), keys, config }
+    pub fn new(writer: UsageWriter, keys: SharedKeys, config: Arc<ArcSwap<RuntimeConfig>>, in_flight: Arc<AtomicUsize>) -> Self {
+        AccountingService { writer: Mutex::new(Some(writer)), keys, config, in_flight }
+    }
+}
+
+/// Resolves when shutdown has started and the requests in flight have ended, or `grace` passed.
+async fn drained(shutdown: ShutdownWatch, in_flight: Arc<AtomicUsize>, grace: Duration) {
+    shutdown_signal(shutdown).await;
+    let deadline = tokio::time::Instant::now() + grace;
+    let mut logged = false;
+    while in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+        if !logged {
+            info!(in_flight = in_flight.load(Ordering::SeqCst), "shutting down: waiting for requests in flight");
+            logged = true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = in_flight.load(Ordering::SeqCst);
+    if left > 0 {
+        warn!(in_flight = left, "shutdown grace period over; unfinished requests are cut and their usage goes to the journal");
     }
 }
 
@@ -79,6 +112,8 @@ impl BackgroundService for AccountingService {
                     error!(error = %e, "failed to connect to the database; usage events go to the journal until it is reachable");
                     tokio::select! {
                         _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                        // NOTE: events still queued in the channel at this point are lost; the
+                        // writer needs a store to start, and this path ends without one.
                         _ = shutdown_signal(shutdown.clone()) => return,
                     }
                 }
@@ -90,10 +125,12 @@ impl BackgroundService for AccountingService {
             flush_interval: config.accounting.flush_interval,
             replay_interval: config.accounting.replay_interval,
         };
-        writer.run(store.clone(), options, shutdown_signal(shutdown)).await;
+        let grace = config.shutdown_grace;
+        writer.run(store.clone(), options, drained(shutdown, self.in_flight.clone(), grace)).await;
         refresher.abort();
         store.close().await;
-        info!("accounting stopped");
+        info!("accounting stopped; usage events written, exiting");
+        std::process::exit(0);
     }
 }
 
@@ -101,11 +138,20 @@ impl BackgroundService for AccountingService {
 pub struct AdminService {
     listener: Mutex<Option<std::net::TcpListener>>,
     config: Arc<ArcSwap<RuntimeConfig>>,
+    metrics: Arc<Metrics>,
+    usage: UsageSink,
+    journal: Arc<Journal>,
 }
 
 impl AdminService {
-    pub fn new(listener: std::net::TcpListener, config: Arc<ArcSwap<RuntimeConfig>>) -> Self {
-        AdminService { listener: Mutex::new(Some(listener)), config }
+    pub fn new(
+        listener: std::net::TcpListener,
+        config: Arc<ArcSwap<RuntimeConfig>>,
+        metrics: Arc<Metrics>,
+        usage: UsageSink,
+        journal: Arc<Journal>,
+    ) -> Self {
+        AdminService { listener: Mutex::new(Some(listener)), config, metrics, usage, journal }
     }
 }
 
@@ -120,10 +166,107 @@ impl BackgroundService for AdminService {
                 return;
             }
         };
-        let state = AdminState { config: self.config.clone(), started: std::time::Instant::now() };
+        // Readiness reports the store as unreachable rather than delaying the listener for it.
+        let store = match Store::connect(&self.config.load().database_url).await {
+            Ok(store) => Some(store),
+            Err(e) => {
+                warn!(error = %e, "admin listener has no database connection; /health/ready reports not ready");
+                None
+            }
+        };
+        let state = AdminState {
+            config: self.config.clone(),
+            metrics: self.metrics.clone(),
+            usage: self.usage.clone(),
+            journal: self.journal.clone(),
+            store,
+            started: std::time::Instant::now(),
+        };
         let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal(shutdown)).await;
         if let Err(e) = served {
             error!(error = %e, "admin listener failed");
+        }
+    }
+}
+
+/// Reloads the config on SIGHUP and when the config or pricing file changes.
+pub struct ReloadService {
+    path: PathBuf,
+    config: Arc<ArcSwap<RuntimeConfig>>,
+    metrics: Arc<Metrics>,
+}
+
+impl ReloadService {
+    pub fn new(path: PathBuf, config: Arc<ArcSwap<RuntimeConfig>>, metrics: Arc<Metrics>) -> Self {
+        ReloadService { path, config, metrics }
+    }
+
+    /// Loads the file and swaps it in whole; on any problem the running config stays.
+    fn reload(&self, trigger: &str) {
+        match load_config(&self.path) {
+            Ok(loaded) => {
+                let running = self.config.load_full();
+                let restart_only = restart_only_changes(&running, &loaded.runtime);
+                if !restart_only.is_empty() {
+                    warn!(settings = ?restart_only, "changed settings apply only after a restart; they keep their running values");
+                }
+                let merged = merge_reloaded(&running, &loaded.runtime);
+                info!(trigger, version = %merged.version, models = merged.models.len(), "config reloaded");
+                self.config.store(Arc::new(merged));
+                self.metrics.observe_reload(true);
+            }
+            Err(e) => {
+                for problem in &e.problems {
+                    error!(trigger, file = %e.file.display(), path = %problem.path, reason = %problem.message, "config reload rejected; the running config stays");
+                }
+                self.metrics.observe_reload(false);
+            }
+        }
+    }
+}
+
+/// Returns the modification times of the config file and its pricing file.
+fn file_stamps(config_path: &Path, pricing_path: &Path) -> (Option<SystemTime>, Option<SystemTime>) {
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    (modified(config_path), modified(pricing_path))
+}
+
+#[async_trait]
+impl BackgroundService for ReloadService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                error!(error = %e, "failed to listen for SIGHUP; only file changes reload the config");
+                None
+            }
+        };
+        let mut stamps = file_stamps(&self.path, &self.config.load().pricing_path);
+        let stop = shutdown_signal(shutdown);
+        tokio::pin!(stop);
+
+        loop {
+            let interval = self.config.load().reload_watch_interval;
+            let poll = if interval.is_zero() { Duration::from_secs(3600) } else { interval };
+            tokio::select! {
+                _ = &mut stop => return,
+                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    self.reload("SIGHUP");
+                    stamps = file_stamps(&self.path, &self.config.load().pricing_path);
+                }
+                _ = tokio::time::sleep(poll) => {
+                    if interval.is_zero() {
+                        continue;
+                    }
+                    let now = file_stamps(&self.path, &self.config.load().pricing_path);
+                    if now != stamps {
+                        // Let an editor finish writing before reading the file.
+                        tokio::time::sleep(RELOAD_DEBOUNCE).await;
+                        self.reload("file change");
+                        stamps = file_stamps(&self.path, &self.config.load().pricing_path);
+                    }
+                }
+            }
         }
     }
 }

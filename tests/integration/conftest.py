@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from harness import Gateway, MockUpstream, binary_path
+from harness import Gateway, MockUpstream, binary_path, find_leaks
 
 BACKENDS = ("sqlite", "postgres")
 
@@ -88,9 +88,9 @@ def gateway_factory(
         raise close_errors[0]
 
     logged = stderr_path.read_text(errors="replace") if stderr_path.exists() else ""
-    for gateway in created:
-        for secret in gateway.secrets:
-            assert secret not in logged, f"the gateway logged a key, prompt or completion ({secret[:12]}...) to {stderr_path}"
+    tracked = [secret for gateway in created for secret in gateway.secrets]
+    leaks = find_leaks(logged, tracked)
+    assert not leaks, f"the gateway logged keys, prompts or completions to {stderr_path}:\n" + "\n".join(leaks)
 
 
 @pytest.fixture

@@ -121,6 +121,20 @@ def unique_text(label: str) -> str:
     return f"{label} marker{secrets.token_hex(6)}"
 
 
+def find_leaks(log: str, secrets_to_find: list[str]) -> list[str]:
+    """Return one description per secret found in `log`: its start and the log line around it."""
+    leaks = []
+    for secret in secrets_to_find:
+        position = log.find(secret)
+        if position < 0:
+            continue
+        line_start = log.rfind("\n", 0, position) + 1
+        line_end = log.find("\n", position)
+        line = log[line_start:line_end if line_end >= 0 else len(log)]
+        leaks.append(f"{secret[:16]}... in log line: {line[:300]}")
+    return leaks
+
+
 # ---------------------------------------------------------------------------------------------
 # Plain HTTP, for requests that the OpenAI SDK cannot send (raw bytes, gzip, x-api-key).
 
@@ -426,7 +440,12 @@ class Gateway:
     # --- the process ------------------------------------------------------------------------
 
     def start(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
-        """Start `watchllm serve` and wait until GET /health returns status ok."""
+        """Start `watchllm serve` and wait until it serves /health and accepts proxy connections."""
+        self.spawn()
+        self.wait_healthy(timeout)
+
+    def spawn(self) -> None:
+        """Start `watchllm serve` without waiting for it."""
         if self.process is not None and self.process.poll() is None:
             raise RuntimeError("the gateway is already running")
         stderr = open(self.stderr_path, "ab")
@@ -438,7 +457,6 @@ class Gateway:
             cwd=self.workdir,
         )
         stderr.close()
-        self.wait_healthy(timeout)
 
     def wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

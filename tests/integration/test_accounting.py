@@ -6,6 +6,8 @@ every expected count below is computed from the request and the reply text.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from harness import Gateway, mock_chat_prompt_tokens, unique_text, word_count
@@ -172,3 +174,37 @@ def test_rejected_request_recorded(gateway: Gateway) -> None:
     assert event["error_type"] == "invalid_request"
     assert event["total_tokens"] == 0
     assert event["cost_usd"] == 0
+
+
+def test_multiple_choices_counted(gateway: Gateway) -> None:
+    messages = [{"role": "user", "content": unique_text("Give me two answers")}]
+
+    raw = gateway.client().chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages, n=2)
+    completion = raw.parse()
+    texts = [choice.message.content for choice in completion.choices]
+    gateway.track(messages[0]["content"], *texts)
+    event = gateway.wait_for_event(raw.headers.get(REQUEST_ID_HEADER))
+
+    assert len(texts) == 2
+    assert event["completion_tokens"] == sum(word_count(text) for text in texts)
+    assert event["prompt_tokens"] == mock_chat_prompt_tokens(messages)
+
+
+def test_concurrent_requests_accounted(gateway: Gateway) -> None:
+    count = 40
+    client = gateway.client()
+
+    def send(number: int) -> str:
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": f"concurrent request {number}"}]
+        )
+        return raw.headers.get(REQUEST_ID_HEADER)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        request_ids = list(pool.map(send, range(count)))
+    events = gateway.wait_for_events(count)
+
+    assert len(set(request_ids)) == count
+    assert sorted(event["id"] for event in events) == sorted(request_ids)
+    # "concurrent request N" is 3 words plus 4 tokens for the message.
+    assert all(event["prompt_tokens"] == 7 for event in events)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import signal
 
+import httpx2
+import openai
+
 from harness import Gateway, wait_until
 
 REQUEST_ID_HEADER = "x-watchllm-request-id"
@@ -97,27 +100,35 @@ def test_sigterm_flushes_events(gateway_factory) -> None:
     journaled_ids = gateway.journal_event_ids()
 
     assert exit_code == 0
-    assert sorted(stored_ids + journaled_ids) == sorted(request_ids)
+    assert sorted(stored_ids + journaled_ids) == sorted(request_ids), (
+        f"{len(request_ids)} requests, {len(stored_ids)} events stored, {len(journaled_ids)} journaled"
+    )
 
 
 def test_sigterm_finishes_stream(gateway: Gateway) -> None:
+    # The stream lasts about 1.2 s, well within the test config's 5 s shutdown grace.
     pieces: list[str] = []
+    stream_error: Exception | None = None
 
-    with gateway.client().chat.completions.with_streaming_response.create(
-        model="gpt-4o-mini",
-        messages=[{"role": "user", "content": "stream during shutdown"}],
-        stream=True,
-        extra_headers={"x-mock-chunks": "5", "x-mock-chunk-delay-ms": "200"},
-    ) as response:
-        request_id = response.headers.get(REQUEST_ID_HEADER)
-        for chunk in response.parse():
-            if chunk.choices and chunk.choices[0].delta.content:
-                if not pieces:
-                    gateway.process.send_signal(signal.SIGTERM)
-                pieces.append(chunk.choices[0].delta.content)
+    try:
+        with gateway.client().chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "stream during shutdown"}],
+            stream=True,
+            extra_headers={"x-mock-chunks": "5", "x-mock-chunk-delay-ms": "200"},
+        ) as response:
+            request_id = response.headers.get(REQUEST_ID_HEADER)
+            for chunk in response.parse():
+                if chunk.choices and chunk.choices[0].delta.content:
+                    if not pieces:
+                        gateway.process.send_signal(signal.SIGTERM)
+                    pieces.append(chunk.choices[0].delta.content)
+    except (httpx2.HTTPError, openai.APIError) as error:
+        stream_error = error
     exit_code = gateway.process.wait(15)
     events = gateway.usage_events()
 
+    assert stream_error is None, f"the stream broke after {len(pieces)} of 5 chunks: {stream_error!r}"
     assert len(pieces) == 5
     assert exit_code == 0
     assert [event["id"] for event in events] == [request_id]

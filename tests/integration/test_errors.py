@@ -13,7 +13,7 @@ import time
 import openai
 import pytest
 
-from harness import Gateway, free_port, unique_text
+from harness import Gateway, free_port, http_request, unique_text
 
 REQUEST_ID_HEADER = "x-watchllm-request-id"
 
@@ -191,15 +191,21 @@ def test_upstream_timeout_504(gateway_factory) -> None:
 
 
 def test_upstream_429_passthrough(gateway: Gateway) -> None:
+    failure_headers = {"x-mock-status": "429", "x-mock-retry-after": "7"}
+    body = json.dumps({"model": "gpt-4o-mini", "messages": chat_messages("hello")}).encode()
+    direct = http_request(
+        gateway.mock.url + "/chat/completions", "POST", body, {"Content-Type": "application/json", **failure_headers}
+    )
+
     with pytest.raises(openai.RateLimitError) as caught:
         gateway.client().chat.completions.create(
-            model="gpt-4o-mini",
-            messages=chat_messages("hello"),
-            extra_headers={"x-mock-status": "429", "x-mock-retry-after": "7"},
+            model="gpt-4o-mini", messages=chat_messages("hello"), extra_headers=failure_headers
         )
     request_id = caught.value.response.headers.get(REQUEST_ID_HEADER)
     event = gateway.wait_for_event(request_id)
 
+    assert direct.status == 429
+    assert caught.value.response.content == direct.body
     assert caught.value.status_code == 429
     assert caught.value.code == "rate_limit_exceeded"
     assert "x-mock-status" in caught.value.message
@@ -227,5 +233,6 @@ def test_upstream_error_costs_nothing(gateway: Gateway) -> None:
         )
     event = gateway.wait_for_event(caught.value.response.headers.get(REQUEST_ID_HEADER))
 
-    assert event["total_tokens"] == 0, event
-    assert event["cost_usd"] == 0, event
+    summary = {name: event[name] for name in ("status", "total_tokens", "tokens_estimated", "cost_usd", "error_type")}
+    assert event["total_tokens"] == 0, summary
+    assert event["cost_usd"] == 0, summary

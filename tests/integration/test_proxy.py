@@ -95,7 +95,7 @@ def test_x_api_key_not_forwarded(gateway: Gateway) -> None:
 
 
 def test_provider_key_replaces_client_key(gateway_factory) -> None:
-    # A made-up provider key for the mock; the mock does not check it.
+    # A made-up provider key, which the mock does not check.
     provider_key = "sk-integration-provider-key"
     gateway = gateway_factory(
         config_overrides={"providers": {"mock": {"api_key_env": "WLTEST_PROVIDER_KEY"}}},

@@ -155,7 +155,7 @@ def test_stream_client_disconnect(gateway: Gateway) -> None:
     assert received, "no content chunk arrived before the disconnect"
     assert event["stream"] is True
     assert event["error_type"] == "client_disconnected"
-    # The full stream lasts about 2.2 s; the event must not wait for the provider to finish.
+    # The full stream lasts about 2.2 s, and the event must not wait for the provider to finish.
     assert event["latency_ms"] < 2000, event
     assert time.monotonic() - disconnected_at < 15.0
 
@@ -205,3 +205,25 @@ def test_stream_error_event(gateway: Gateway) -> None:
     assert b"mock_error_in_200" in body
     assert event["status"] == 200
     assert event["error_type"] == "upstream_error_event"
+
+
+def test_stream_malformed_event(gateway: Gateway) -> None:
+    # The SDK stops at an event that is not JSON, so this test reads the raw stream.
+    prompt = unique_text("Stream with a broken event")
+    messages = [{"role": "user", "content": prompt}]
+    body = json.dumps({"model": "gpt-4o-mini", "messages": messages, "stream": True}).encode()
+
+    response = gateway.post("/chat/completions", body, headers={"x-mock-malformed": "1"})
+    events = [block for block in response.body.decode().split("\n\n") if block.strip()]
+    chunks = [json.loads(block[len("data: "):]) for block in events if block.startswith("data: {\"")]
+    content = "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in chunks if chunk["choices"])
+    gateway.track(prompt, content)
+    event = gateway.wait_for_event(response.headers[REQUEST_ID_HEADER])
+
+    assert response.status == 200
+    assert "data: {not json" in events
+    assert events[-1] == "data: [DONE]"
+    assert all("usage" not in chunk or chunk["usage"] is None for chunk in chunks)
+    assert event["tokens_estimated"] is False
+    assert event["prompt_tokens"] == mock_chat_prompt_tokens(messages)
+    assert event["completion_tokens"] == word_count(content)
