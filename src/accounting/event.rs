@@ -42,4 +42,13 @@ pub struct UsageEvent {
     pub ttfb_ms: Option<i64>,
     /// Error kind when the request failed, such as `upstream_timeout` or `client_disconnected`.
     pub error_type: Option<String>,
+    /// Whose provider key served the request: `global` (the gateway's) or `byok` (the project's).
+    #[serde(default)]
+    pub key_source: String,
+    /// A/B experiment variant that served the request, if any.
+    #[serde(default)]
+    pub variant: Option<String>,
+    /// Similarity of the prompt to the cached one, on a semantic cache hit.
+    #[serde(default)]
+    pub cache_similarity: Option<f64>,
 }

@@ -84,6 +84,9 @@ pub fn usage_event(outcome: &RequestOutcome<'_>) -> UsageEvent {
         latency_ms: outcome.latency_ms,
         ttfb_ms: outcome.ttfb_ms,
         error_type: outcome.error_type.clone(),
+        key_source: "global".to_string(),
+        variant: None,
+        cache_similarity: None,
     }
 }
 

@@ -128,6 +128,9 @@ pub(crate) fn sample_event(n: i64) -> UsageEvent {
         } else {
             Some("upstream_timeout".to_string())
         },
+        key_source: if n % 2 == 0 { "global".to_string() } else { "byok".to_string() },
+        variant: if n % 3 == 0 { Some(format!("variant-{n}")) } else { None },
+        cache_similarity: if n % 2 == 0 { None } else { Some(0.9 + n as f64 / 1e6) },
     }
 }
 

@@ -10,8 +10,9 @@ use crate::accounting::UsageEvent;
 const COLUMNS: &str = "id, created_at_ms, project_id, key_id, endpoint, model, provider, \
                        upstream_model, status, stream, prompt_tokens, completion_tokens, \
                        cached_tokens, reasoning_tokens, total_tokens, tokens_estimated, \
-                       cost_usd, potential_cost_usd, cache_status, latency_ms, ttfb_ms, error_type";
-const COLUMN_COUNT: usize = 22;
+                       cost_usd, potential_cost_usd, cache_status, latency_ms, ttfb_ms, error_type, \
+                       key_source, variant, cache_similarity";
+const COLUMN_COUNT: usize = 25;
 
 /// Maximum bind parameters in one statement: SQLITE_MAX_VARIABLE_NUMBER defaults to 32766
 /// since SQLite 3.32, and the PostgreSQL wire protocol counts parameters in an unsigned 16-bit field.
@@ -48,6 +49,9 @@ macro_rules! usage_event_from_row {
             latency_ms: row.try_get("latency_ms")?,
             ttfb_ms: row.try_get("ttfb_ms")?,
             error_type: row.try_get("error_type")?,
+            key_source: row.try_get("key_source")?,
+            variant: row.try_get("variant")?,
+            cache_similarity: row.try_get("cache_similarity")?,
             id,
         }
     }};
@@ -85,7 +89,10 @@ macro_rules! insert_in_chunks {
                         .push_bind(event.cache_status.as_str())
                         .push_bind(event.latency_ms)
                         .push_bind(event.ttfb_ms)
-                        .push_bind(event.error_type.as_deref());
+                        .push_bind(event.error_type.as_deref())
+                        .push_bind(event.key_source.as_str())
+                        .push_bind(event.variant.as_deref())
+                        .push_bind(event.cache_similarity);
                 });
                 builder.push(" ON CONFLICT (id) DO NOTHING");
                 inserted += builder.build().execute(&mut *tx).await?.rows_affected();
