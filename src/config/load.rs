@@ -188,7 +188,7 @@ fn validate(
     }
 
     // An unset token variable is not an error: the protected admin endpoints stay closed.
-    let admin_token = env.get(&raw.admin.token_env).filter(|t| !t.is_empty()).map(|t| SecretKey(t.clone()));
+    let admin_token = read_secret(&raw.admin.token_env, env).map(SecretKey);
     if admin_token.as_ref().is_some_and(|t| t.0.len() < 16) {
         problem("admin.token_env", format!("the token in {} must be at least 16 characters", raw.admin.token_env));
     }
@@ -227,6 +227,25 @@ fn validate(
     })
 }
 
+/// Reads a secret from the environment variable `name` or, failing that, from the file `name` in
+/// systemd's `$CREDENTIALS_DIRECTORY` (where `LoadCredential=NAME:PATH` puts it). Surrounding
+/// whitespace is trimmed; an empty value counts as missing.
+fn read_secret(name: &str, env: &HashMap<String, String>) -> Option<String> {
+    if name.is_empty() {
+        return None;
+    }
+    if let Some(value) = env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+        return Some(value.to_string());
+    }
+    let directory = env.get("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty())?;
+    // A credential name is a file name, never a path.
+    if name.contains('/') || name == "." || name == ".." {
+        return None;
+    }
+    let value = std::fs::read_to_string(Path::new(directory).join(name)).ok()?;
+    Some(value.trim().to_string()).filter(|v| !v.is_empty())
+}
+
 /// Parses one provider entry, returning every problem as (field, message).
 fn parse_provider(
     name: &str,
@@ -249,8 +268,8 @@ fn parse_provider(
     let api_key = if raw.api_key_env.is_empty() {
         None
     } else {
-        match env.get(&raw.api_key_env).filter(|v| !v.is_empty()) {
-            Some(key) => Some(SecretKey(key.clone())),
+        match read_secret(&raw.api_key_env, env) {
+            Some(key) => Some(SecretKey(key)),
             None => {
                 problems.push(("api_key_env", format!("environment variable {} is not set", raw.api_key_env)));
                 None
@@ -370,6 +389,23 @@ mod tests {
         let path = write(dir.path(), "providers:\n  p:\n    base_url: https://api.example/v1\n    api_key_env: NO_SUCH_VAR\n", PRICING);
         let err = load_config_with_env(&path, &HashMap::new()).unwrap_err();
         assert_eq!(err.problems[0].path, "providers.p.api_key_env");
+    }
+
+    #[test]
+    fn provider_key_read_from_credentials_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let credentials = tempfile::tempdir().unwrap();
+        std::fs::write(credentials.path().join("PROVIDER_KEY"), "sk-from-file\n").unwrap();
+        let path = write(
+            dir.path(),
+            "providers:\n  p:\n    base_url: https://api.example/v1\n    api_key_env: PROVIDER_KEY\nmodels:\n  small:\n    provider: p\n",
+            PRICING,
+        );
+        let env: HashMap<String, String> =
+            [("CREDENTIALS_DIRECTORY".to_string(), credentials.path().display().to_string())].into();
+        let runtime = load_config_with_env(&path, &env).unwrap().runtime;
+        let key = runtime.route("small").unwrap().provider.api_key.clone().unwrap();
+        assert_eq!(key.0, "sk-from-file");
     }
 
     #[test]
