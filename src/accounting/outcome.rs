@@ -27,13 +27,26 @@ pub struct RequestOutcome<'a> {
     pub completion_text: &'a str,
     /// Whether the request reached the provider at all; if not, it used no tokens.
     pub reached_upstream: bool,
-    /// Whether the provider answered with an error (a status of 400 or more, or an error object
-    /// as the first event of a stream). Without reported usage, such an answer costs nothing.
+    /// Whether the provider responded with an error (a status of 400 or more, or an error object
+    /// as the first event of a stream). Without reported usage, such a response costs nothing.
     pub upstream_error: bool,
     pub price: Option<ModelPrice>,
     pub latency_ms: i64,
     pub ttfb_ms: Option<i64>,
     pub error_type: Option<String>,
+    /// What the response cache did: `miss`, `hit-exact`, `hit-semantic` or `bypass`; `None` is `none`.
+    pub cache_status: Option<&'a str>,
+    /// The cached answer that served the request, on a cache hit.
+    pub cache_hit: Option<CacheHit>,
+}
+
+/// A cache hit as accounting sees it: the original answer's tokens and what the upstream charged.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CacheHit {
+    pub usage: Usage,
+    pub estimated: bool,
+    pub original_cost_usd: f64,
+    pub similarity: Option<f64>,
 }
 
 /// Builds the usage event: the provider's token counts when it reported them, otherwise an estimate
@@ -59,6 +72,16 @@ pub fn usage_event(outcome: &RequestOutcome<'_>) -> UsageEvent {
         .price
         .map(|price| price.cost_usd(usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens))
         .unwrap_or(0.0);
+    // A hit reports the original answer's tokens and costs nothing; what the upstream charged for
+    // that answer is what the hit saved.
+    let (usage, estimated) = match outcome.cache_hit {
+        Some(hit) => (hit.usage, hit.estimated),
+        None => (usage, estimated),
+    };
+    let (cost_usd, potential_cost_usd) = match outcome.cache_hit {
+        Some(hit) => (0.0, hit.original_cost_usd),
+        None => (cost_usd, cost_usd),
+    };
 
     UsageEvent {
         id: outcome.id.to_string(),
@@ -78,15 +101,14 @@ pub fn usage_event(outcome: &RequestOutcome<'_>) -> UsageEvent {
         total_tokens: usage.total_tokens,
         tokens_estimated: estimated,
         cost_usd,
-        // Without a response cache, a request costs what it would have cost anyway.
-        potential_cost_usd: cost_usd,
-        cache_status: "none".to_string(),
+        potential_cost_usd,
+        cache_status: outcome.cache_status.unwrap_or("none").to_string(),
         latency_ms: outcome.latency_ms,
         ttfb_ms: outcome.ttfb_ms,
         error_type: outcome.error_type.clone(),
         key_source: "global".to_string(),
         variant: None,
-        cache_similarity: None,
+        cache_similarity: outcome.cache_hit.and_then(|hit| hit.similarity),
     }
 }
 
@@ -146,6 +168,23 @@ mod tests {
         assert_eq!(event.total_tokens, 0);
         assert_eq!(event.cost_usd, 0.0);
         assert!(!event.tokens_estimated);
+    }
+
+    #[test]
+    fn cache_hit_free_with_original_tokens() {
+        let hit = CacheHit {
+            usage: Usage { prompt_tokens: 100, completion_tokens: 50, total_tokens: 150, ..Usage::default() },
+            estimated: false,
+            original_cost_usd: 0.0002,
+            similarity: Some(0.93),
+        };
+        let outcome = RequestOutcome { status: 200, price: Some(PRICE), cache_status: Some("hit-semantic"), cache_hit: Some(hit), ..Default::default() };
+        let event = usage_event(&outcome);
+        assert_eq!(event.cost_usd, 0.0);
+        assert_eq!(event.potential_cost_usd, 0.0002);
+        assert_eq!(event.total_tokens, 150);
+        assert_eq!(event.cache_status, "hit-semantic");
+        assert_eq!(event.cache_similarity, Some(0.93));
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! The admin listener, on its own address: `/health` (liveness, open), `/health/ready` and
 //! `/metrics` (behind the admin token; `/metrics` may be opened by config).
 
+mod analytics;
+mod dashboard;
+mod limits;
+mod routing;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +25,7 @@ use crate::config::RuntimeConfig;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
-/// Longest wait for the store's answer in the readiness check.
+/// Maximum wait for the store to respond in the readiness check.
 const STORE_PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
@@ -29,6 +34,9 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub usage: UsageSink,
     pub journal: Arc<Journal>,
+    pub limits: Arc<crate::limits::Limiter>,
+    /// Provider health and the projects' own provider keys.
+    pub routing: crate::routing::Routing,
     /// `None` while the admin service has not connected to the store yet.
     pub store: Option<Store>,
     pub started: Instant,
@@ -38,8 +46,11 @@ pub fn router(state: AdminState) -> Router {
     let protected = Router::new()
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
+        .merge(analytics::routes())
+        .merge(limits::routes())
+        .merge(routing::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new().route("/health", get(health)).merge(protected).with_state(state)
+    Router::new().route("/health", get(health)).merge(dashboard::routes()).merge(protected).with_state(state)
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -84,7 +95,7 @@ async fn health(State(state): State<AdminState>) -> Json<Value> {
     }))
 }
 
-/// Readiness: the store answers, a config is loaded, and the journal is under its limit.
+/// Readiness: the store responds, a config is loaded, and the journal is under its limit.
 async fn ready(State(state): State<AdminState>) -> Response {
     let config = state.config.load();
     let store_ok = match &state.store {
@@ -112,8 +123,8 @@ async fn ready(State(state): State<AdminState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Whether the proxy listener accepts connections; an unspecified address is tried on loopback.
-async fn proxy_accepts(listen: &str) -> bool {
+/// Returns whether the proxy listener accepts connections. An unspecified address is tried on loopback.
+pub(crate) async fn proxy_accepts(listen: &str) -> bool {
     let Ok(mut address) = listen.parse::<std::net::SocketAddr>() else { return false };
     if address.ip().is_unspecified() {
         let loopback: std::net::IpAddr = if address.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() };

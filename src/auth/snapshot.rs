@@ -7,7 +7,7 @@ use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-/// What a valid key grants: the project it belongs to.
+/// The project that a valid key belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyEntry {
     pub key_id: String,

@@ -9,10 +9,6 @@ use crate::auth::generate_api_key;
 use crate::config::{load_config, LoadedConfig};
 use crate::store::{NewKey, Store};
 
-/// Plans a project can be created with; the migrations seed the same names.
-// NOTE: plan limits are not enforced yet; the names only label projects.
-const PLANS: [&str; 3] = ["free", "pro", "enterprise"];
-
 pub fn run(command: Command) -> i32 {
     let result = match command {
         Command::Serve(arg) => serve(&arg),
@@ -25,6 +21,8 @@ pub fn run(command: Command) -> i32 {
         Command::Project { action } => project(action),
         Command::Key { action } => key(action),
         Command::Usage { action } => usage(action),
+        Command::Rollup { action } => super::rollup::run(action),
+        Command::ProviderKey { action } => super::provider_keys::run(action),
         Command::MockUpstream { listen, latency_ms, chunk_delay_ms } => mock_upstream(&listen, latency_ms, chunk_delay_ms),
     };
     match result {
@@ -110,8 +108,10 @@ fn print_json_line(value: &impl serde::Serialize) -> anyhow::Result<()> {
 fn project(action: ProjectAction) -> anyhow::Result<()> {
     match action {
         ProjectAction::Create { name, plan, config } => {
-            if !PLANS.contains(&plan.as_str()) {
-                bail!("unknown plan {plan:?}; expected one of {}", PLANS.join(", "));
+            // A project's plan must be one of the plans in the config, which set its limits.
+            let plans = load(&config)?.runtime.limits.plan_names();
+            if !plans.contains(&plan) {
+                bail!("unknown plan {plan:?}; the config's limits.plans has {}", plans.join(", "));
             }
             if name.trim().is_empty() {
                 bail!("project name must not be empty");

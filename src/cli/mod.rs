@@ -1,6 +1,8 @@
 //! The `watchllm` command line.
 
 mod manage;
+pub mod provider_keys;
+mod rollup;
 
 use std::path::PathBuf;
 
@@ -43,6 +45,16 @@ pub enum Command {
         #[command(subcommand)]
         action: UsageAction,
     },
+    /// Maintain the hourly and daily usage rollups that analytics read.
+    Rollup {
+        #[command(subcommand)]
+        action: RollupAction,
+    },
+    /// Manage the projects' own provider keys (BYOK), encrypted under the master secret.
+    ProviderKey {
+        #[command(subcommand)]
+        action: provider_keys::ProviderKeyAction,
+    },
     /// Run an OpenAI-compatible fake provider, for demos, tests and benchmarks.
     MockUpstream {
         /// Address to listen on, as HOST:PORT.
@@ -62,7 +74,7 @@ pub enum ProjectAction {
     /// Create a project and print it as JSON.
     Create {
         name: String,
-        /// Plan name: free, pro or enterprise.
+        /// Plan name, one of the config's limits.plans (free, pro and enterprise by default).
         #[arg(long, default_value = "free")]
         plan: String,
         #[command(flatten)]
@@ -108,6 +120,21 @@ pub enum UsageAction {
         /// Number of events to print.
         #[arg(long, default_value_t = 100)]
         limit: i64,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RollupAction {
+    /// Recompute the rollups of whole UTC days from the raw usage events, in one transaction.
+    Rebuild {
+        /// First day to rebuild, as YYYY-MM-DD (UTC).
+        #[arg(long)]
+        from: String,
+        /// Last day to rebuild, inclusive, as YYYY-MM-DD (UTC).
+        #[arg(long)]
+        to: String,
         #[command(flatten)]
         config: ConfigArg,
     },

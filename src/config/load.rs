@@ -193,6 +193,29 @@ fn validate(
         problem("admin.token_env", format!("the token in {} must be at least 16 characters", raw.admin.token_env));
     }
 
+    let mut section_problems = Vec::new();
+    let limits = crate::limits::settings::parse_limits(&raw.limits, &mut section_problems);
+    let alerts = crate::alerts::settings::parse_alerts(&raw.alerts, env, &mut section_problems);
+    for (path, message) in section_problems {
+        problem(&path, message);
+    }
+    let mut cache_problems = Vec::new();
+    let cache = crate::cache::config::validate(&raw.cache, Path::new(&raw.state_dir), &mut cache_problems);
+    for found in cache_problems {
+        problem(&found.path, found.message);
+    }
+    let routing_sections = crate::routing::settings::RawRouting {
+        provider_keys: &raw.provider_keys,
+        health: &raw.health,
+        failover: &raw.failover,
+        experiments: &raw.experiments,
+        fallbacks: raw.models.iter().map(|(name, model)| (name.as_str(), model.fallbacks.as_slice())).collect(),
+    };
+    let (routing, routing_problems) = crate::routing::settings::build(routing_sections, &providers, &models);
+    for (path, message) in routing_problems {
+        problem(&path, message);
+    }
+
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -224,6 +247,10 @@ fn validate(
         reload_watch_interval: Duration::from_millis(raw.reload.watch_interval_ms),
         models,
         model_names,
+        limits: Arc::new(limits),
+        alerts: Arc::new(alerts),
+        cache: Arc::new(cache),
+        routing: Arc::new(routing),
     })
 }
 

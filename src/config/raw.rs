@@ -31,6 +31,18 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     pub metrics: RawMetrics,
     pub reload: RawReload,
+    pub limits: crate::limits::settings::RawLimits,
+    pub alerts: crate::alerts::settings::RawAlerts,
+    /// The response cache; see conf/watchllm.yaml.
+    pub cache: crate::cache::config::RawCache,
+    /// Projects' own provider keys: where the master secret comes from.
+    pub provider_keys: crate::routing::settings::RawProviderKeys,
+    /// Provider health probes.
+    pub health: crate::routing::settings::RawHealth,
+    /// When a request goes to a model's next provider.
+    pub failover: crate::routing::settings::RawFailover,
+    /// A/B experiments by name.
+    pub experiments: BTreeMap<String, crate::routing::settings::RawExperiment>,
     pub providers: BTreeMap<String, RawProvider>,
     pub models: BTreeMap<String, RawModel>,
 }
@@ -52,6 +64,13 @@ impl Default for RawConfig {
             admin: RawAdmin::default(),
             metrics: RawMetrics::default(),
             reload: RawReload::default(),
+            limits: Default::default(),
+            alerts: Default::default(),
+            cache: Default::default(),
+            provider_keys: Default::default(),
+            health: Default::default(),
+            failover: Default::default(),
+            experiments: BTreeMap::new(),
             providers: BTreeMap::new(),
             models: BTreeMap::new(),
         }
@@ -78,7 +97,7 @@ pub struct RawAccounting {
     pub channel_capacity: usize,
     /// Events written per database transaction.
     pub batch_size: usize,
-    /// Longest wait before a partial batch is written, in milliseconds.
+    /// Maximum wait before a partial batch is written, in milliseconds.
     pub flush_interval_ms: u64,
     /// How often a non-empty journal is replayed into the store, in milliseconds.
     pub replay_interval_ms: u64,
@@ -139,13 +158,13 @@ impl Default for RawReload {
 pub struct RawProvider {
     /// Base URL including the API version path, such as `https://openrouter.ai/api/v1`.
     pub base_url: String,
-    /// Environment variable that holds the provider's API key; empty sends no key.
+    /// Environment variable that contains the provider's API key; empty sends no key.
     pub api_key_env: String,
     /// TCP (and TLS) connect timeout in milliseconds.
     pub connect_timeout_ms: u64,
-    /// Longest wait for the next bytes of a response, in milliseconds.
+    /// Maximum wait for the next bytes of a response, in milliseconds.
     pub read_timeout_ms: u64,
-    /// Longest wait for a write to the provider, in milliseconds.
+    /// Maximum wait for a write to the provider, in milliseconds.
     pub write_timeout_ms: u64,
     /// Host name sent in TLS SNI and the Host header; empty means the host of `base_url`.
     pub sni: String,
@@ -171,10 +190,12 @@ pub struct RawModel {
     pub provider: String,
     /// Model id sent to the provider; empty means the model's own name.
     pub upstream_model: String,
+    /// Providers tried in order when `provider` is unhealthy or fails before acting.
+    pub fallbacks: Vec<crate::routing::settings::RawFallback>,
 }
 
 impl Default for RawModel {
     fn default() -> Self {
-        RawModel { provider: String::new(), upstream_model: String::new() }
+        RawModel { provider: String::new(), upstream_model: String::new(), fallbacks: Vec::new() }
     }
 }

@@ -33,6 +33,9 @@ pub fn restart_only_changes(running: &RuntimeConfig, loaded: &RuntimeConfig) -> 
     if (a.channel_capacity, a.batch_size, a.flush_interval, a.replay_interval) != (b.channel_capacity, b.batch_size, b.flush_interval, b.replay_interval) {
         changed.push("accounting");
     }
+    if running.cache.restart_only_changes(&loaded.cache) {
+        changed.push("cache (store, model and embedding pool)");
+    }
     changed
 }
 
@@ -52,6 +55,7 @@ pub fn merge_reloaded(running: &RuntimeConfig, loaded: &RuntimeConfig) -> Runtim
     merged.accounting.batch_size = running.accounting.batch_size;
     merged.accounting.flush_interval = running.accounting.flush_interval;
     merged.accounting.replay_interval = running.accounting.replay_interval;
+    merged.cache = std::sync::Arc::new(running.cache.merge_reloaded(&loaded.cache));
     merged
 }
 

@@ -36,7 +36,7 @@ pub struct Provider {
     pub write_timeout: Duration,
 }
 
-/// Where a model name exposed to clients is served, and at what price.
+/// The provider and price of a model name exposed to clients.
 #[derive(Clone, Debug)]
 pub struct ModelRoute {
     pub name: String,
@@ -79,6 +79,12 @@ pub struct RuntimeConfig {
     pub models: HashMap<String, ModelRoute>,
     /// Model names in sorted order, for `GET /v1/models`.
     pub model_names: Vec<String>,
+    /// Plans, per-project overrides and IP limits.
+    pub limits: Arc<crate::limits::settings::LimitSettings>,
+    pub alerts: Arc<crate::alerts::settings::AlertSettings>,
+    pub cache: Arc<crate::cache::CacheSettings>,
+    /// Fallback providers, failover, health probes, experiments and the master secret's source.
+    pub routing: Arc<crate::routing::settings::RoutingConfig>,
 }
 
 impl RuntimeConfig {

@@ -1,8 +1,10 @@
 //! Prometheus metrics. Label values come from bounded sets (configured models and providers,
 //! status classes, token kinds), so series stay few; the project label is opt-in.
 
+pub mod cache;
+
 use prometheus::{
-    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
+    CounterVec, GaugeVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
 
@@ -28,6 +30,9 @@ pub struct Metrics {
     journal_pending_events: IntGauge,
     config_reloads: IntCounterVec,
     config_loaded_at: IntGauge,
+    /// Response cache metrics, updated by the cache itself.
+    pub cache: cache::CacheMetrics,
+    projected_spend: GaugeVec,
 }
 
 /// The labels of one finished request.
@@ -104,6 +109,12 @@ impl Metrics {
         registry.register(Box::new(journal_pending_events.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(config_loaded_at.clone()))?;
+        let cache = cache::CacheMetrics::register(&registry)?;
+        let projected_spend = GaugeVec::new(
+            Opts::new("watchllm_projected_spend_usd", "Projected month-end spend in US dollars per project, with the 80% interval's lower and upper bounds."),
+            &["project", "bound"],
+        )?;
+        registry.register(Box::new(projected_spend.clone()))?;
         for result in ["success", "failure"] {
             config_reloads.with_label_values(&[result]);
         }
@@ -123,6 +134,8 @@ impl Metrics {
             journal_pending_events,
             config_reloads,
             config_loaded_at,
+            cache,
+            projected_spend,
         })
     }
 
@@ -154,6 +167,13 @@ impl Metrics {
         }
         if event.cost_usd > 0.0 {
             self.cost.with_label_values(&[&event.model]).inc_by(event.cost_usd);
+        }
+    }
+
+    /// Sets the projected month-end spend of a project: the forecast and its interval bounds.
+    pub fn set_projected_spend(&self, project: &str, projected: f64, lower: f64, upper: f64) {
+        for (bound, value) in [("projected", projected), ("lower", lower), ("upper", upper)] {
+            self.projected_spend.with_label_values(&[project, bound]).set(value);
         }
     }
 

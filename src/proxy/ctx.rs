@@ -55,6 +55,18 @@ pub struct RequestCtx {
     pub response_body_overflow: bool,
     /// Status sent to the client by `fail_to_proxy`, when the proxy failed.
     pub failure_status: Option<u16>,
+    /// The client's address, after trusted proxies.
+    pub client_ip: Option<std::net::IpAddr>,
+    /// The estimate admission reserved, settled when the request ends.
+    pub reservation: Option<crate::limits::Reservation>,
+    /// `x-ratelimit-*` headers for the response.
+    pub limit_headers: Vec<(&'static str, String)>,
+    /// `Retry-After` of a request rejected by a limit, in seconds.
+    pub retry_after_s: Option<u64>,
+    /// What the response cache did and what it keeps to store the answer.
+    pub cache: crate::cache::CacheState,
+    /// The variant, the providers to try in order and the key for the current attempt.
+    pub plan: Option<crate::routing::select::RoutePlan>,
 }
 
 impl RequestCtx {
@@ -76,6 +88,12 @@ impl RequestCtx {
             response_body: BytesMut::new(),
             response_body_overflow: false,
             failure_status: None,
+            client_ip: None,
+            reservation: None,
+            limit_headers: Vec::new(),
+            retry_after_s: None,
+            cache: Default::default(),
+            plan: None,
         }
     }
 

@@ -12,15 +12,14 @@ use tracing::{debug, info, warn};
 
 use super::body::{check_declared_length, decode_body, parse_content_encoding};
 use super::ctx::{InFlight, RequestCtx};
-use super::request::prepare_request;
-use super::respond::{send_error, send_json, REQUEST_ID_HEADER};
+use super::respond::{send_error_with_headers, send_json, REQUEST_ID_HEADER};
 use super::Gateway;
 use crate::accounting::outcome::{usage_event, RequestOutcome};
 use crate::accounting::{SseScanner, Usage};
 use crate::auth::extract_api_key;
 use crate::error::GatewayError;
 use crate::metrics::RequestLabels;
-use crate::routing::{build_peer, classify, upstream_host, upstream_path, Endpoint};
+use crate::routing::{classify, upstream_host, upstream_path, Endpoint};
 
 /// Hop-by-hop and client-credential headers that never go upstream.
 const STRIPPED_REQUEST_HEADERS: [&str; 10] = [
@@ -42,6 +41,8 @@ impl Gateway {
         let Some(config) = ctx.config.clone() else {
             return Err(GatewayError::internal("no config loaded"));
         };
+        // Limits by client address come first, in front of authentication.
+        self.check_client_ip(session, ctx, &config)?;
 
         // Which endpoint, before anything is read.
         let header = session.req_header();
@@ -49,9 +50,12 @@ impl Gateway {
         ctx.endpoint = Some(endpoint);
 
         // Authentication against the in-memory key snapshot.
-        let presented = extract_api_key(&header.headers).ok_or_else(GatewayError::missing_key)?;
         let snapshot = self.keys.load();
-        let entry = snapshot.authenticate(presented).ok_or_else(GatewayError::invalid_key)?;
+        let authenticated = match extract_api_key(&header.headers) {
+            None => Err(GatewayError::missing_key()),
+            Some(presented) => snapshot.authenticate(presented).ok_or_else(GatewayError::invalid_key),
+        };
+        let entry = authenticated.inspect_err(|_| self.note_failed_auth(ctx, &config))?;
         ctx.key = Some(entry.clone());
 
         if endpoint == Endpoint::Models {
@@ -79,10 +83,15 @@ impl Gateway {
 
         // Validation and the route for the requested model.
         let model = super::request::parse_request(endpoint, &body)?["model"].as_str().unwrap_or_default().to_string();
-        let route = config.route(&model).ok_or_else(|| GatewayError::model_not_found(&model))?.clone();
-        let prepared = prepare_request(endpoint, body, Some(&route.upstream_model))?;
+        // The experiment variant and the providers to try; the body is prepared for the first one.
+        let key_id = ctx.key.as_ref().map(|k| k.key_id.clone()).unwrap_or_default();
+        let headers = &session.req_header().headers;
+        let (route, prepared, plan) = crate::routing::select::plan_request(&self.routing, &config, endpoint, &model, body, headers, &key_id)?;
+        // Quotas and rate limits, before any upstream work.
+        self.admit_limits(ctx, &config, &prepared.json, endpoint == Endpoint::Embeddings, route.price)?;
         ctx.route = Some(route);
         ctx.request = Some(prepared);
+        ctx.plan = Some(plan);
         Ok(false)
     }
 
@@ -106,6 +115,7 @@ impl Gateway {
         };
         let error_type = error_type(ctx, error, status);
         let route = ctx.route.as_ref();
+        let (cache_status, cache_hit) = super::cache::cache_outcome(ctx);
 
         let outcome = RequestOutcome {
             id: &ctx.id,
@@ -129,8 +139,15 @@ impl Gateway {
             latency_ms: ctx.started.elapsed().as_millis() as i64,
             ttfb_ms: ctx.ttfb.map(|t| t.as_millis() as i64),
             error_type,
+            cache_status,
+            cache_hit,
         };
-        Some(usage_event(&outcome))
+        let mut event = usage_event(&outcome);
+        if let Some(plan) = &ctx.plan {
+            event.key_source = plan.key_source.to_string();
+            event.variant = plan.variant.clone();
+        }
+        Some(event)
     }
 }
 
@@ -171,7 +188,7 @@ fn completion_text_of(body: &[u8]) -> String {
         .join("")
 }
 
-/// Whether a JSON response body is an error object, as some providers send with status 200.
+/// Returns whether a JSON response body is an error object, as some providers send with status 200.
 fn is_error_body(body: &[u8]) -> bool {
     serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v.get("error").is_some_and(|e| !e.is_null()))
 }
@@ -218,11 +235,13 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.config = Some(self.config.load_full());
         match self.admit(session, ctx).await {
-            Ok(responded) => Ok(responded),
+            Ok(true) => Ok(true),
+            // Admission (authentication, the body, the limits) is complete: the response cache may answer.
+            Ok(false) => self.serve_from_cache(session, ctx).await,
             Err(error) => {
                 // The body may be unread, so the connection cannot carry another request.
                 session.set_keepalive(None);
-                send_error(session, &ctx.id, &error).await?;
+                send_error_with_headers(session, &ctx.id, &error, &super::limits::response_headers(ctx)).await?;
                 ctx.error = Some(error);
                 Ok(true)
             }
@@ -230,10 +249,27 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let Some(route) = ctx.route.as_ref() else {
-            return Err(Error::explain(ErrorType::InternalError, "upstream_peer reached without a route"));
+        // Called again for each retry, which moves on to the next candidate provider.
+        crate::routing::select::next_peer(&self.routing, ctx).await
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        if let Some(config) = ctx.config.clone() {
+            crate::routing::select::on_connect_failure(&self.routing, &config, ctx, &mut e);
+        }
+        e
+    }
+
+    fn error_while_proxy(&self, peer: &HttpPeer, session: &mut Session, e: Box<Error>, ctx: &mut RequestCtx, _client_reused: bool) -> Box<Error> {
+        // Replaces Pingora's policy, which never retries a POST: a retry goes to the next provider,
+        // and only when the failed one cannot have acted on the request.
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let retry = match ctx.config.clone() {
+            Some(config) => crate::routing::select::may_retry(&self.routing, &config, ctx, &e, session.response_written().is_some()),
+            None => false,
         };
-        Ok(Box::new(build_peer(&route.provider)))
+        e.set_retry(retry);
+        e
     }
 
     async fn upstream_request_filter(&self, _session: &mut Session, upstream: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
@@ -253,7 +289,8 @@ impl ProxyHttp for Gateway {
         upstream.insert_header("content-length", request.body.len().to_string())?;
         // The scanner reads the response as it passes, so it must arrive uncompressed.
         upstream.insert_header("accept-encoding", "identity")?;
-        if let Some(key) = &provider.api_key {
+        // The project's own key for this provider when it stored one, else the gateway's.
+        if let Some(key) = crate::routing::select::upstream_key(ctx, provider) {
             upstream.insert_header("authorization", format!("Bearer {}", key.0))?;
         }
         Ok(())
@@ -266,6 +303,10 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_response_filter(&self, _session: &mut Session, upstream: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        // Health, cool-downs, failover on a configured status, and the routing headers.
+        if let Some(config) = ctx.config.clone() {
+            crate::routing::select::on_response(&self.routing, &config, upstream, ctx)?;
+        }
         ctx.upstream_status = Some(upstream.status.as_u16());
         ctx.ttfb.get_or_insert_with(|| ctx.started.elapsed());
 
@@ -284,10 +325,17 @@ impl ProxyHttp for Gateway {
             ctx.sse = Some(SseScanner::new(strip_usage));
         }
         upstream.insert_header(REQUEST_ID_HEADER, &ctx.id)?;
+        crate::cache::respond::annotate(upstream, &ctx.cache)?;
+        for (name, value) in &ctx.limit_headers {
+            upstream.insert_header(*name, value)?;
+        }
         Ok(())
     }
 
     fn response_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) -> Result<Option<Duration>> {
+        if let Some(piece) = body.as_ref() {
+            ctx.cache.capture(piece);
+        }
         match ctx.sse.as_mut() {
             Some(scanner) => {
                 let piece = body.take().unwrap_or_default();
@@ -307,7 +355,10 @@ impl ProxyHttp for Gateway {
 
     async fn fail_to_proxy(&self, session: &mut Session, error: &Error, ctx: &mut RequestCtx) -> FailToProxy {
         let provider = ctx.route.as_ref().map(|r| r.provider.name.clone()).unwrap_or_default();
+        // Routing may have set the error already, such as a provider key that failed to decrypt.
+        let routing_error = ctx.error.take();
         let gateway_error = match (error.esource(), error.etype()) {
+            _ if routing_error.is_some() => routing_error,
             (ErrorSource::Downstream, _) => None,
             (_, ErrorType::HTTPStatus(code)) => Some(GatewayError::internal(format!("request failed with status {code}"))),
             (_, ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout)
@@ -333,7 +384,7 @@ impl ProxyHttp for Gateway {
             return FailToProxy { error_code: 0, can_reuse_downstream: false };
         };
         warn!(request_id = %ctx.id, provider = %provider, error = %error, status = gateway_error.status.as_u16(), "proxy failed");
-        if let Err(write_error) = send_error(session, &ctx.id, &gateway_error).await {
+        if let Err(write_error) = send_error_with_headers(session, &ctx.id, &gateway_error, &ctx.limit_headers).await {
             debug!(request_id = %ctx.id, error = %write_error, "failed to send the error response");
         }
         let status = gateway_error.status.as_u16();
@@ -343,7 +394,12 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(config) = ctx.config.clone() {
+            crate::routing::select::on_finish(&self.routing, &config, ctx);
+        }
         let event = self.finish_event(session, error, ctx);
+        self.settle_limits(ctx, event.as_ref());
+        self.store_in_cache(ctx, error.is_some(), event.as_ref());
         let status = event.as_ref().map(|e| e.status).or_else(|| session.response_written().map(|h| h.status.as_u16()));
         match &event {
             Some(event) => info!(

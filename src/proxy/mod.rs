@@ -2,8 +2,10 @@
 //! functions from the other modules; the order of the hooks is described in docs/ARCHITECTURE.md.
 
 pub mod body;
+pub mod cache;
 pub mod ctx;
 pub mod hooks;
+pub mod limits;
 pub mod request;
 pub mod respond;
 
@@ -27,4 +29,11 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Requests in flight, which a graceful shutdown waits for.
     pub in_flight: Arc<AtomicUsize>,
+    /// Quota, rate and address counters.
+    pub limits: Arc<crate::limits::Limiter>,
+    pub alerts: crate::alerts::AlertSink,
+    /// The response cache; `None` when `cache.enabled` is off.
+    pub cache: Option<Arc<crate::cache::ResponseCache>>,
+    /// Provider health and the projects' own provider keys.
+    pub routing: crate::routing::Routing,
 }

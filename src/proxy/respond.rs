@@ -13,7 +13,15 @@ pub const REQUEST_ID_HEADER: &str = "x-watchllm-request-id";
 
 /// Writes a complete JSON response.
 pub async fn send_json(session: &mut Session, status: u16, request_id: &str, body: Vec<u8>) -> Result<()> {
-    let mut header = ResponseHeader::build(status, Some(4))?;
+    send_json_with_headers(session, status, request_id, body, &[]).await
+}
+
+/// Writes a complete JSON response with `extra` headers.
+pub async fn send_json_with_headers(session: &mut Session, status: u16, request_id: &str, body: Vec<u8>, extra: &[(&'static str, String)]) -> Result<()> {
+    let mut header = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    for (name, value) in extra {
+        header.insert_header(*name, value)?;
+    }
     header.insert_header("content-type", "application/json")?;
     header.insert_header("content-length", body.len().to_string())?;
     header.insert_header(REQUEST_ID_HEADER, request_id)?;
@@ -24,4 +32,9 @@ pub async fn send_json(session: &mut Session, status: u16, request_id: &str, bod
 /// Writes a gateway error as an OpenAI-style JSON response.
 pub async fn send_error(session: &mut Session, request_id: &str, error: &GatewayError) -> Result<()> {
     send_json(session, error.status.as_u16(), request_id, error.body()).await
+}
+
+/// Writes a gateway error with `extra` headers, such as `Retry-After`.
+pub async fn send_error_with_headers(session: &mut Session, request_id: &str, error: &GatewayError, extra: &[(&'static str, String)]) -> Result<()> {
+    send_json_with_headers(session, error.status.as_u16(), request_id, error.body(), extra).await
 }

@@ -1,5 +1,14 @@
-//! Where a request goes: the API endpoint it names, the provider path it maps to, and the peer that
+//! Request routing: the API endpoint a request names, the provider path it maps to, and the peer that
 //! Pingora connects to.
+
+pub mod experiments;
+pub mod health;
+pub mod select;
+pub mod service;
+pub mod settings;
+pub mod stats;
+
+pub use select::Routing;
 
 use std::time::Duration;
 
@@ -19,7 +28,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// The name recorded on usage events and in logs.
+    /// Returns the name recorded on usage events and in logs.
     pub fn name(self) -> &'static str {
         match self {
             Endpoint::ChatCompletions => "chat.completions",
@@ -39,7 +48,7 @@ impl Endpoint {
         }
     }
 
-    /// Whether the endpoint can stream its response as server-sent events.
+    /// Returns whether the endpoint can stream its response as server-sent events.
     pub fn can_stream(self) -> bool {
         matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
     }

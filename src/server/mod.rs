@@ -59,8 +59,15 @@ pub fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
 
     let journal = Arc::new(Journal::open(&config.journal_dir()).context("failed to open the usage journal")?);
     let (sink, writer) = usage_channel(config.accounting.channel_capacity, journal.clone());
+    let limiter = Arc::new(crate::limits::Limiter::default());
+    let rebuilt = crate::limits::service::prepare_limits(&config.database_url, &journal, &limiter, &config)?;
+    info!(projects = rebuilt.len(), "limit counters rebuilt from this month's usage events");
+    let (alert_sink, alert_receiver) = crate::alerts::alert_channel();
     let metrics = Arc::new(Metrics::new(config.metrics_project_label).context("failed to register metrics")?);
+    // The response cache opens before Pingora starts: a missing model fails start-up here.
+    let response_cache = crate::cache::ResponseCache::start(&config.cache, metrics.clone())?;
     metrics.observe_reload(true);
+    let routing = crate::routing::service::prepare_routing(&config)?;
     let shared_config = Arc::new(ArcSwap::from(config.clone()));
     let keys = Arc::new(ArcSwap::from_pointee(snapshot));
 
@@ -90,18 +97,29 @@ pub fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         usage: sink.clone(),
         metrics: metrics.clone(),
         in_flight: in_flight.clone(),
+        limits: limiter.clone(),
+        alerts: alert_sink.clone(),
+        cache: response_cache.clone(),
+        routing: routing.clone(),
     };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "watchllm proxy");
     proxy.add_tcp(&config.listen);
     proxy.threads = Some(config.threads);
 
     let accounting = AccountingService::new(writer, keys, shared_config.clone(), in_flight);
-    let admin = AdminService::new(admin_listener, shared_config.clone(), metrics.clone(), sink, journal);
+    let admin = AdminService::new(admin_listener, shared_config.clone(), metrics.clone(), sink, journal, limiter.clone()).with_routing(routing.clone());
+    let limits = crate::limits::service::LimitsService::new(limiter, shared_config.clone(), alert_sink, alert_receiver, rebuilt);
+    let routing_service = crate::routing::service::RoutingService::new(routing.clone(), shared_config.clone());
     let reload = ReloadService::new(loaded.path.clone(), shared_config, metrics);
     server.add_service(proxy);
     server.add_service(background_service("accounting", accounting));
     server.add_service(background_service("admin", admin));
     server.add_service(background_service("reload", reload));
+    server.add_service(background_service("routing", routing_service));
+    if let Some(cache) = &response_cache {
+        server.add_service(background_service("cache", crate::cache::service::CacheService::new(cache.clone())));
+    }
+    server.add_service(background_service("limits", limits));
 
     info!(listen = %config.listen, admin_listen = %config.admin_listen, config_version = %config.version, "watchllm starting");
     server.run_forever()

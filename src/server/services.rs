@@ -141,6 +141,8 @@ pub struct AdminService {
     metrics: Arc<Metrics>,
     usage: UsageSink,
     journal: Arc<Journal>,
+    limits: Arc<crate::limits::Limiter>,
+    routing: crate::routing::Routing,
 }
 
 impl AdminService {
@@ -150,8 +152,15 @@ impl AdminService {
         metrics: Arc<Metrics>,
         usage: UsageSink,
         journal: Arc<Journal>,
+        limits: Arc<crate::limits::Limiter>,
     ) -> Self {
-        AdminService { listener: Mutex::new(Some(listener)), config, metrics, usage, journal }
+        AdminService { listener: Mutex::new(Some(listener)), config, metrics, usage, journal, limits, routing: Default::default() }
+    }
+
+    /// Gives the admin routes the proxy's routing state (provider health and keys).
+    pub fn with_routing(mut self, routing: crate::routing::Routing) -> Self {
+        self.routing = routing;
+        self
     }
 }
 
@@ -179,10 +188,26 @@ impl BackgroundService for AdminService {
             metrics: self.metrics.clone(),
             usage: self.usage.clone(),
             journal: self.journal.clone(),
+            limits: self.limits.clone(),
+            routing: self.routing.clone(),
             store,
             started: std::time::Instant::now(),
         };
+        // Forecasts every project's month-end spend, for the projected-spend gauge and the budget alert.
+        let forecasts = state.store.clone().map(|store| tokio::spawn(crate::analytics::alert::run_forecasts(store, self.config.clone(), self.metrics.clone(), crate::analytics::alert::FORECAST_INTERVAL)));
+        // Serve /health only once the proxy accepts connections, so that a supervisor or a test
+        // that waits for /health can send traffic right away. Bounded: after 10 s the admin API
+        // starts anyway, and /health/ready keeps reporting the proxy's state.
+        for _ in 0..200 {
+            if crate::admin::proxy_accepts(&self.config.load().listen).await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal(shutdown)).await;
+        if let Some(task) = forecasts {
+            task.abort();
+        }
         if let Err(e) = served {
             error!(error = %e, "admin listener failed");
         }

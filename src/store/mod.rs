@@ -5,6 +5,7 @@
 
 mod keys;
 mod projects;
+pub mod rollups;
 mod usage;
 
 #[cfg(test)]

@@ -63,7 +63,7 @@ macro_rules! insert_in_chunks {
     ($pool:expr, $events:expr, $max_rows:expr) => {
         async {
             let mut tx = $pool.begin().await?;
-            let mut inserted = 0u64;
+            let mut inserted_ids: Vec<String> = Vec::new();
             for chunk in $events.chunks($max_rows) {
                 let mut builder =
                     QueryBuilder::new(format!("INSERT INTO usage_events ({COLUMNS}) "));
@@ -94,11 +94,14 @@ macro_rules! insert_in_chunks {
                         .push_bind(event.variant.as_deref())
                         .push_bind(event.cache_similarity);
                 });
-                builder.push(" ON CONFLICT (id) DO NOTHING");
-                inserted += builder.build().execute(&mut *tx).await?.rows_affected();
+                // RETURNING lists only the rows inserted (SQLite 3.35 and later, PostgreSQL), so
+                // only events stored now reach the rollups, and a replay cannot count one twice.
+                builder.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
+                inserted_ids.extend(builder.build_query_scalar::<String>().fetch_all(&mut *tx).await?);
             }
+            super::rollups::add_new_events_to_rollups!(tx, $events, inserted_ids, $max_rows * COLUMN_COUNT)?;
             tx.commit().await?;
-            Ok::<u64, sqlx::Error>(inserted)
+            Ok::<u64, sqlx::Error>(inserted_ids.len() as u64)
         }
         .await
     };

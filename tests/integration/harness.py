@@ -643,3 +643,424 @@ class Gateway:
                     with contextlib.suppress(json.JSONDecodeError):
                         ids.append(json.loads(line)["id"])
         return ids
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits and alerts: requests from other loopback addresses, a second node on one database, a
+# webhook receiver and an SMTP sink. Every server here listens on 127.0.0.1.
+
+
+def http_request_from(
+    source: str,
+    url: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> HttpResponse:
+    """Send one request like `http_request`, from the loopback address `source` (127.0.0.0/8)."""
+    if not source.startswith("127."):
+        raise ValueError(f"requests come only from loopback addresses, not from {source}")
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname != LOOPBACK:
+        raise ValueError(f"tests send traffic only to {LOOPBACK}, not to {url}")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout, source_address=(source, 0))
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        data = response.read()
+        return HttpResponse(response.status, {name.lower(): value for name, value in response.getheaders()}, data)
+    finally:
+        connection.close()
+
+
+def admin_get(gateway: Gateway, path: str, token: str) -> HttpResponse:
+    """GET an admin endpoint of `gateway` with the admin token."""
+    return http_request(gateway.admin_url + path, headers={"Authorization": f"Bearer {token}"})
+
+
+class SharedDatabaseNode(Gateway):
+    """A second gateway on the database, project and key of `first`, with its own ports and state."""
+
+    def __init__(self, first: Gateway, workdir: Path, config_overrides: dict[str, Any] | None = None):
+        super().__init__(
+            binary=first.binary,
+            workdir=workdir,
+            backend=first.backend,
+            mock=first.mock,
+            stderr_path=first.stderr_path,
+            config_overrides=config_overrides if config_overrides is not None else first.config_overrides,
+            environment=first.extra_environment,
+        )
+        self.first = first
+
+    def prepare(self) -> None:
+        self.config_dir.mkdir(parents=True)
+        self.state_dir.mkdir(parents=True)
+        shutil.copyfile(PRICING_SOURCE, self.config_dir / "pricing.yaml")
+        self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+        # The first node owns the database and drops it; this node only connects to it.
+        self.database_name = None
+        self.database_url = self.first.database_url
+        self.listen_port = free_port()
+        self.admin_port = free_port()
+        self.project_id = self.first.project_id
+        self.key = self.first.key
+        self.key_id = self.first.key_id
+
+
+class WebhookReceiver:
+    """An HTTP server on 127.0.0.1 that records each POST and fails the first `failures` of them."""
+
+    def __init__(self, failures: int = 0, status_on_failure: int = 500):
+        import http.server
+        import threading
+
+        receiver = self
+        self.failures = failures
+        self.status_on_failure = status_on_failure
+        self.requests: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (the name http.server requires)
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                with receiver.lock:
+                    receiver.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
+                    failing = len(receiver.requests) <= receiver.failures
+                self.send_response(receiver.status_on_failure if failing else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.server = http.server.ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://{LOOPBACK}:{self.server.server_address[1]}/hooks/watchllm"
+
+    def received(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(self.requests)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class SmtpSink:
+    """A minimal SMTP server on 127.0.0.1 that accepts every message and keeps it in memory."""
+
+    def __init__(self) -> None:
+        import socketserver
+        import threading
+
+        sink = self
+        self.messages: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+        class Handler(socketserver.StreamRequestHandler):
+            def reply(self, line: str) -> None:
+                self.wfile.write((line + "\r\n").encode())
+                self.wfile.flush()
+
+            def handle(self) -> None:
+                self.reply("220 sink ESMTP")
+                sender, recipients = "", []
+                for _ in range(1000):
+                    raw = self.rfile.readline()
+                    if not raw:
+                        return
+                    command = raw.decode("utf-8", "replace").strip()
+                    verb = command.split(" ", 1)[0].upper()
+                    if verb in ("EHLO", "HELO"):
+                        self.reply("250 sink")
+                    elif verb == "MAIL":
+                        sender = command.split(":", 1)[1].strip()
+                        self.reply("250 OK")
+                    elif verb == "RCPT":
+                        recipients.append(command.split(":", 1)[1].strip())
+                        self.reply("250 OK")
+                    elif verb == "DATA":
+                        self.reply("354 End data with <CR><LF>.<CR><LF>")
+                        lines = []
+                        for _ in range(100_000):
+                            line = self.rfile.readline()
+                            if not line or line in (b".\r\n", b".\n"):
+                                break
+                            lines.append(line)
+                        with sink.lock:
+                            sink.messages.append({"from": sender, "to": recipients, "data": b"".join(lines).decode("utf-8", "replace")})
+                        sender, recipients = "", []
+                        self.reply("250 OK queued")
+                    elif verb == "QUIT":
+                        self.reply("221 Bye")
+                        return
+                    else:
+                        self.reply("250 OK")
+
+        class Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True
+            daemon_threads = True
+
+        self.server = Server((LOOPBACK, 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def received(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(self.messages)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The response cache.
+
+# Where scripts/install-model.sh (run by scripts/setup.sh) installs the embedding model.
+CACHE_MODEL_DIR = REPO_ROOT / "state" / "models" / "all-MiniLM-L6-v2"
+
+
+def cache_overrides(semantic: bool = True, **cache: Any) -> dict[str, Any]:
+    """Return config overrides that turn the response cache on, with small tiers for tests."""
+    settings: dict[str, Any] = {
+        "enabled": True,
+        "memory_bytes": 8 * 1024 * 1024,
+        "disk_bytes": 32 * 1024 * 1024,
+        "index_save_interval_ms": 200,
+        "semantic": {"enabled": semantic, "model_dir": str(CACHE_MODEL_DIR)},
+    }
+    return {"cache": deep_merge(settings, cache)}
+
+
+def sse_data(body: bytes) -> list[str]:
+    """Return the data of each event of an SSE body, `[DONE]` included."""
+    events = []
+    for block in body.decode("utf-8").replace("\r\n", "\n").split("\n\n"):
+        lines = [line[5:].lstrip(" ") for line in block.split("\n") if line.startswith("data:")]
+        if lines:
+            events.append("\n".join(lines))
+    return events
+
+
+# ---------------------------------------------------------------------------------------------
+# Upstream selection: a second mock on a port of the test's choosing, fake upstreams that fail
+# in set ways, and management commands that read a secret from stdin. Every server here
+# listens on 127.0.0.1.
+
+
+class MockUpstreamOnPort(MockUpstream):
+    """A `watchllm mock-upstream` on a fixed loopback port, so that it can stop and start again."""
+
+    def __init__(self, binary: Path, log_dir: Path, port: int | None = None):
+        super().__init__(binary, log_dir)
+        self.port = port or free_port()
+        self.log_path = log_dir / f"mock-upstream-{self.port}.stderr"
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [str(self.binary), "mock-upstream", "--listen", f"{LOOPBACK}:{self.port}"],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=base_environment(),
+        )
+        log.close()
+        line = self._read_first_line(STARTUP_TIMEOUT_S)
+        self.url = line.removeprefix("mock upstream listening on ").strip()
+        self.root = self.url.removesuffix("/v1")
+        if urllib.parse.urlsplit(self.url).hostname != LOOPBACK:
+            self.stop()
+            raise RuntimeError(f"mock upstream listens outside loopback: {self.url}")
+
+
+class FakeUpstream:
+    """A raw TCP server on 127.0.0.1 that reads each HTTP request whole and then either responds
+    with a fixed status (`status`) or closes the connection without a response (`status=None`).
+
+    `requests` counts the complete requests it read.
+    """
+
+    def __init__(self, status: int | None, retry_after: str | None = None):
+        import threading
+
+        self.status = status
+        self.retry_after = retry_after
+        self.requests = 0
+        self._lock = threading.Lock()
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((LOOPBACK, 0))
+        self._listener.listen(16)
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self.url = f"http://{LOOPBACK}:{self.port}/v1"
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                continue
+            with connection:
+                connection.settimeout(5.0)
+                if self._read_request(connection):
+                    with self._lock:
+                        self.requests += 1
+                    self._answer(connection)
+
+    def _read_request(self, connection: socket.socket) -> bool:
+        data = b""
+        with contextlib.suppress(OSError):
+            while b"\r\n\r\n" not in data and len(data) < 1 << 20:
+                chunk = connection.recv(65536)
+                if not chunk:
+                    return False
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value.strip())
+            while len(body) < length:
+                chunk = connection.recv(65536)
+                if not chunk:
+                    return False
+                body += chunk
+            return True
+        return False
+
+    def _answer(self, connection: socket.socket) -> None:
+        if self.status is None:
+            # The whole request was read; the connection ends without a response.
+            return
+        body = json.dumps({"error": {"message": f"fake upstream status {self.status}", "type": "server_error"}}).encode()
+        extra = f"Retry-After: {self.retry_after}\r\n" if self.retry_after else ""
+        head = (
+            f"HTTP/1.1 {self.status} Fake\r\nContent-Type: application/json\r\n{extra}"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        with contextlib.suppress(OSError):
+            connection.sendall(head.encode() + body)
+
+    def count(self) -> int:
+        with self._lock:
+            return self.requests
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5.0)
+        self._listener.close()
+
+
+def cli_with_input(gateway: Gateway, stdin: str, *arguments: str, environment: dict[str, str] | None = None,
+                   check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a watchllm management command with `stdin` as its input, like `Gateway.cli`.
+
+    `environment` replaces variables of the gateway's environment for this command only.
+    """
+    command_environment = gateway.environment()
+    command_environment.update(environment or {})
+    completed = subprocess.run(
+        [str(gateway.binary), *arguments, "--config", str(gateway.config_path)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+        env=command_environment,
+        cwd=gateway.workdir,
+    )
+    if check and completed.returncode != 0:
+        raise RuntimeError(f"watchllm {' '.join(arguments)} failed with exit code {completed.returncode}:\n{completed.stderr}")
+    return completed
+
+
+def admin_request(gateway: Gateway, method: str, path: str, token: str, body: Any = None) -> HttpResponse:
+    """Send a request with the admin token to `gateway`'s admin listener; `body` is sent as JSON."""
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Authorization": f"Bearer {token}"}
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    return http_request(gateway.admin_url + path, method, data, headers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Usage analytics: raw usage events written straight to the database, and SQL on it.
+
+# Columns of usage_events that seed_usage_events fills, in order.
+USAGE_EVENT_COLUMNS = (
+    "id", "created_at_ms", "project_id", "key_id", "endpoint", "model", "provider", "upstream_model",
+    "status", "stream", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens",
+    "total_tokens", "tokens_estimated", "cost_usd", "potential_cost_usd", "cache_status", "latency_ms",
+    "ttfb_ms", "error_type", "key_source", "variant", "cache_similarity",
+)
+
+
+def usage_event_row(gateway: Gateway, created_at_ms: int, model: str = "gpt-4o-mini", cost_usd: float = 0.01,
+                    **fields: Any) -> dict[str, Any]:
+    """Return a usage event of `gateway`'s project with defaults for every column; `fields` override them."""
+    row = {
+        "id": f"seed-{secrets.token_hex(8)}", "created_at_ms": created_at_ms, "project_id": gateway.project_id,
+        "key_id": gateway.key_id, "endpoint": "chat.completions", "model": model, "provider": "mock",
+        "upstream_model": model, "status": 200, "stream": False, "prompt_tokens": 100, "completion_tokens": 50,
+        "cached_tokens": 0, "reasoning_tokens": 0, "total_tokens": 150, "tokens_estimated": False,
+        "cost_usd": cost_usd, "potential_cost_usd": cost_usd, "cache_status": "miss", "latency_ms": 400,
+        "ttfb_ms": 100, "error_type": None, "key_source": "global", "variant": None, "cache_similarity": None,
+    }
+    row.update(fields)
+    return row
+
+
+def database_sql(gateway: Gateway, sql: str, parameters: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run one SQL statement on `gateway`'s database and return its rows.
+
+    SQLite takes `?` parameters; PostgreSQL runs through psql, which takes none, so PostgreSQL
+    statements must be literal.
+    """
+    if gateway.backend == "sqlite":
+        with contextlib.closing(sqlite3.connect(gateway.sqlite_path, timeout=10.0)) as connection:
+            with connection:
+                return connection.execute(sql, parameters).fetchall()
+    assert not parameters, "psql statements take no parameters"
+    assert gateway.database_name is not None
+    output = psql(sql, database=gateway.database_name)
+    return [tuple(line.split("|")) for line in output.splitlines() if line]
+
+
+def seed_usage_events(gateway: Gateway, rows: list[dict[str, Any]]) -> None:
+    """Insert usage events straight into `gateway`'s database, as an older gateway would have.
+
+    The rollups do not see these rows until `watchllm rollup rebuild` covers their days.
+    """
+    if gateway.backend == "sqlite":
+        placeholders = ", ".join("?" for _ in USAGE_EVENT_COLUMNS)
+        values = [tuple(int(v) if isinstance(v, bool) else v for v in (row[c] for c in USAGE_EVENT_COLUMNS)) for row in rows]
+        with contextlib.closing(sqlite3.connect(gateway.sqlite_path, timeout=10.0)) as connection:
+            with connection:
+                connection.executemany(f"INSERT INTO usage_events ({', '.join(USAGE_EVENT_COLUMNS)}) VALUES ({placeholders})", values)
+        return
+
+    def literal(value: Any) -> str:
+        if value is None:
+            return "NULL"
+        if isinstance(value, bool):
+            return "TRUE" if value else "FALSE"
+        if isinstance(value, (int, float)):
+            return repr(value)
+        return "'" + str(value).replace("'", "''") + "'"
+
+    for start in range(0, len(rows), 500):
+        chunk = rows[start:start + 500]
+        values = ", ".join("(" + ", ".join(literal(row[c]) for c in USAGE_EVENT_COLUMNS) + ")" for row in chunk)
+        assert gateway.database_name is not None
+        psql(f"INSERT INTO usage_events ({', '.join(USAGE_EVENT_COLUMNS)}) VALUES {values}", database=gateway.database_name)

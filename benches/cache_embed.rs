@@ -1,0 +1,74 @@
+//! Embedding latency of the semantic cache's model (all-MiniLM-L6-v2, candle, f32, CPU).
+//!
+//! Run with `cargo bench --bench cache_embed`; the model must be installed
+//! (`bash scripts/install-model.sh`, or `WATCHLLM_MODEL_DIR`). Criterion measures one 30-token
+//! prompt and a batch of 32; then the embedding pool is driven by 64 concurrent requesters to
+//! measure prompts per second with batching, printed as `pool: ...`. docs/BENCHMARKS.md records
+//! the figures.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use watchllm::embed::{EmbedPool, Embedder, PoolOptions};
+
+/// A prompt of 30 tokens with the two special tokens (checked below).
+const PROMPT: &str = "How can I configure my home router so that the guest network cannot reach the printer but still gets internet access";
+
+fn model_dir() -> PathBuf {
+    match std::env::var("WATCHLLM_MODEL_DIR") {
+        Ok(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("state/models/all-MiniLM-L6-v2"),
+    }
+}
+
+fn prompts(count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("{PROMPT} {i}")).collect()
+}
+
+fn embedding(c: &mut Criterion) {
+    let embedder = Embedder::load(&model_dir(), 256).expect("install the model with bash scripts/install-model.sh");
+    let mut group = c.benchmark_group("embedding");
+    group.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("single_30_tokens", |b| b.iter(|| black_box(embedder.embed(black_box(PROMPT)).unwrap())));
+    let batch = prompts(32);
+    let texts: Vec<&str> = batch.iter().map(String::as_str).collect();
+    group.throughput(Throughput::Elements(32));
+    group.bench_function("batch_32", |b| b.iter(|| black_box(embedder.embed_batch(black_box(&texts)))));
+    group.finish();
+}
+
+/// Prompts per second through the pool with `requesters` concurrent tasks, `threads` workers.
+fn pool_throughput(threads: usize, requesters: usize, per_requester: usize) -> f64 {
+    let embedder = Embedder::load(&model_dir(), 256).expect("model");
+    let pool = EmbedPool::start(embedder, PoolOptions { threads, max_batch: 32, queue_capacity: 1024 }).expect("pool");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for r in 0..requesters {
+            let pool = pool.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..per_requester {
+                    pool.embed(format!("{PROMPT} {r} {i}")).await.expect("embedding");
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("task");
+        }
+        (requesters * per_requester) as f64 / started.elapsed().as_secs_f64()
+    })
+}
+
+fn pool(_: &mut Criterion) {
+    for threads in [1, 2] {
+        let rate = pool_throughput(threads, 64, 16);
+        println!("pool: {threads} worker thread(s), 64 concurrent requesters: {rate:.0} prompts/s");
+    }
+}
+
+criterion_group!(benches, embedding, pool);
+criterion_main!(benches);

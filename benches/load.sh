@@ -1,0 +1,362 @@
+#!/usr/bin/env bash
+# Load benchmark: WatchLLM against nginx and a bare Pingora proxy, in front of the mock provider.
+#
+# Usage: bash benches/load.sh
+#
+# It installs nginx and wrk from Debian's packages when they are missing and builds the release
+# binary and the passthrough example. Then it starts these servers on free 127.0.0.1 ports:
+#   the mock provider (zero latency), nginx (1 worker, upstream keepalive), the bare Pingora proxy
+#   (benches/passthrough.rs, 1 thread) and WatchLLM (threads: 1, SQLite, auth and accounting on).
+# The proxies run on CPU 0; wrk, the stream probe and the mock run on CPU 1.
+# Each target gets the same POST /v1/chat/completions (non-streamed) from wrk, closed loop, at
+# 1 and 32 connections. Then benches/stream_probe.py measures streaming directly and through
+# WatchLLM. The script prints a Markdown table and stops everything it started on exit.
+#
+# Settings (environment):
+#   BENCH_SECONDS   seconds of each measured wrk run (default 5)
+#   BENCH_NO_BUILD  set to 1 to use the binaries already in target/release
+#   BENCH_KEEP      set to 1 to keep the working folder with the logs
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCHES="$ROOT/benches"
+SECONDS_PER_RUN=${BENCH_SECONDS:-5}
+WARMUP_SECONDS=1
+PROXY_CPU=0
+LOAD_CPU=1
+STREAM_REQUESTS=10
+STREAM_CHUNKS=10
+STREAM_DELAY_MS=50
+
+log() { echo "load.sh: $*" >&2; }
+fail() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- tools
+
+install_missing() {
+    local packages=()
+    command -v wrk >/dev/null || packages+=(wrk)
+    command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || packages+=(nginx-light)
+    command -v taskset >/dev/null || packages+=(util-linux)
+    command -v python3 >/dev/null || packages+=(python3)
+    command -v curl >/dev/null || packages+=(curl)
+    [[ ${#packages[@]} -eq 0 ]] && return
+    log "installing ${packages[*]} with apt-get"
+    # Debian's nginx package starts a service on port 80 unless policy-rc.d forbids it.
+    local policy=/usr/sbin/policy-rc.d created_policy=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod +x "$policy"
+        created_policy=1
+    fi
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${packages[@]}" >/dev/null
+    [[ $created_policy -eq 1 ]] && rm -f "$policy"
+    return 0
+}
+
+install_missing
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+[[ $(nproc) -ge 2 ]] || fail "pinning needs 2 CPUs; nproc reports $(nproc)"
+
+if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
+    log "building the release binary and the passthrough example"
+    (cd "$ROOT" && cargo build --release --quiet --bin watchllm --example passthrough)
+fi
+WATCHLLM="$ROOT/target/release/watchllm"
+PASSTHROUGH="$ROOT/target/release/examples/passthrough"
+[[ -x $WATCHLLM && -x $PASSTHROUGH ]] || fail "missing $WATCHLLM or $PASSTHROUGH; build them or unset BENCH_NO_BUILD"
+
+# ---------------------------------------------------------------- processes
+
+WORK=$(mktemp -d /tmp/watchllm-bench.XXXXXX)
+# nginx workers run as nobody, and they open the temp folders below.
+chmod 755 "$WORK"
+PIDS=()
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ ${BENCH_KEEP:-0} == 1 ]]; then
+        log "logs kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits until something accepts connections on 127.0.0.1:$1, for at most 30 s.
+wait_for_port() {
+    local port=$1 name=$2 pid=$3
+    for _ in $(seq 300); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || fail "$name exited during start-up; see its log in $WORK (BENCH_KEEP=1 keeps it)"
+        sleep 0.1
+    done
+    fail "$name did not listen on 127.0.0.1:$port within 30 s"
+}
+
+# Starts a command in the background on CPU $1 with its output in $WORK/$2.log.
+start_pinned() {
+    local cpu=$1 name=$2
+    shift 2
+    taskset -c "$cpu" "$@" >"$WORK/$name.log" 2>&1 &
+    PIDS+=($!)
+    LAST_PID=$!
+}
+
+MOCK_PORT=$(free_port)
+NGINX_PORT=$(free_port)
+PASSTHROUGH_PORT=$(free_port)
+GATEWAY_PORT=$(free_port)
+ADMIN_PORT=$(free_port)
+
+start_pinned $LOAD_CPU mock "$WATCHLLM" mock-upstream --listen "127.0.0.1:$MOCK_PORT"
+wait_for_port "$MOCK_PORT" "the mock provider" "$LAST_PID"
+
+# nginx: a plain reverse proxy, 1 worker, HTTP/1.1 keepalive to the mock, access log on as a
+# deployed nginx has it (WatchLLM also writes one line per request).
+mkdir -m 777 "$WORK/nginx-temp"
+cat >"$WORK/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log $WORK/nginx-access.log;
+    client_body_temp_path $WORK/nginx-temp/body;
+    proxy_temp_path $WORK/nginx-temp/proxy;
+    fastcgi_temp_path $WORK/nginx-temp/fastcgi;
+    uwsgi_temp_path $WORK/nginx-temp/uwsgi;
+    scgi_temp_path $WORK/nginx-temp/scgi;
+    upstream mock {
+        server 127.0.0.1:$MOCK_PORT;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+start_pinned $PROXY_CPU nginx "$NGINX" -p "$WORK" -c "$WORK/nginx.conf"
+wait_for_port "$NGINX_PORT" nginx "$LAST_PID"
+
+start_pinned $PROXY_CPU passthrough "$PASSTHROUGH" "127.0.0.1:$PASSTHROUGH_PORT" "127.0.0.1:$MOCK_PORT"
+wait_for_port "$PASSTHROUGH_PORT" "the Pingora passthrough" "$LAST_PID"
+
+# WatchLLM: conf/watchllm.yaml with 1 thread and the mock's port, a fresh SQLite state folder.
+CONFIG="$WORK/watchllm.yaml"
+sed -e 's/^threads: .*/threads: 1/' \
+    -e "s|^pricing_file: .*|pricing_file: \"$ROOT/conf/pricing.yaml\"|" \
+    -e "s|base_url: \"http://127.0.0.1:9090/v1\"|base_url: \"http://127.0.0.1:$MOCK_PORT/v1\"|" \
+    "$ROOT/conf/watchllm.yaml" >"$CONFIG"
+grep -q "^threads: 1" "$CONFIG" && grep -q "127.0.0.1:$MOCK_PORT" "$CONFIG" ||
+    fail "conf/watchllm.yaml no longer has the threads or mock base_url lines this script rewrites"
+export WATCHLLM_LISTEN="127.0.0.1:$GATEWAY_PORT"
+export WATCHLLM_ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT"
+export WATCHLLM_STATE_DIR="$WORK/state"
+"$WATCHLLM" project create bench --config "$CONFIG" >/dev/null
+API_KEY=$("$WATCHLLM" key create bench --config "$CONFIG")
+[[ $API_KEY == wllm_* ]] || fail "key create printed no key"
+
+start_pinned $PROXY_CPU watchllm "$WATCHLLM" serve --config "$CONFIG"
+GATEWAY_PID=$LAST_PID
+wait_for_port "$GATEWAY_PORT" WatchLLM "$GATEWAY_PID"
+wait_for_port "$ADMIN_PORT" "WatchLLM's admin listener" "$GATEWAY_PID"
+
+# ---------------------------------------------------------------- measurements
+
+RESULTS="$WORK/results.txt"
+: >"$RESULTS"
+record() { echo "$1 $2" >>"$RESULTS"; }
+
+rss_kib() { awk -v field="$2:" '$1 == field { print $2 }' "/proc/$1/status"; }
+
+# Every target must return 200 for the benchmark request before it is measured.
+check_target() {
+    local name=$1 port=$2 status
+    status=$(curl -sS -o "$WORK/check-$name.json" -w '%{http_code}' --max-time 5 \
+        -H 'Content-Type: application/json' -H "Authorization: Bearer $API_KEY" \
+        -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"ping"}]}' \
+        "http://127.0.0.1:$port/v1/chat/completions")
+    [[ $status == 200 ]] || fail "$name answered $status: $(head -c 300 "$WORK/check-$name.json")"
+}
+
+# Runs wrk for $3 seconds at $2 connections against port $1 and prints its RESULT line.
+run_wrk() {
+    local port=$1 connections=$2 seconds=$3 output
+    output=$(WRK_API_KEY=$API_KEY taskset -c $LOAD_CPU wrk -t1 -c"$connections" -d"${seconds}s" --timeout 5s \
+        -s "$BENCHES/chat_request.lua" "http://127.0.0.1:$port/v1/chat/completions")
+    grep '^RESULT' <<<"$output" || fail "wrk printed no result: $output"
+}
+
+# Prints the busy and total jiffies of CPU 0 and CPU 1 from /proc/stat, counting every process.
+cpu_snapshot() {
+    awk '/^cpu[01] / { idle = $5 + $6; total = 0; for (i = 2; i <= 9; i++) total += $i; printf "%d %d ", total - idle, total }' /proc/stat
+}
+
+# Prints how busy CPU 0 and CPU 1 were between two snapshots, in percent.
+cpu_busy() {
+    awk -v before="$1" -v after="$2" 'BEGIN {
+        split(before, b, " "); split(after, a, " ")
+        printf "cpu0_busy=%.0f cpu1_busy=%.0f", 100 * (a[1] - b[1]) / (a[2] - b[2]), 100 * (a[3] - b[3]) / (a[4] - b[4])
+    }'
+}
+
+# Measures one target at 1 and 32 connections. With a process id as $3, it samples that process's
+# resident memory during the 32-connection run.
+measure() {
+    local name=$1 port=$2 pid=${3:-} line before wrk_pid rss max_rss=0
+    check_target "$name" "$port"
+    run_wrk "$port" 32 "$WARMUP_SECONDS" >/dev/null
+
+    line=$(run_wrk "$port" 1 "$SECONDS_PER_RUN")
+    log "$name c=1: ${line#RESULT }"
+    record "$name.c1" "${line#RESULT }"
+
+    before=$(cpu_snapshot)
+    run_wrk "$port" 32 "$SECONDS_PER_RUN" >"$WORK/$name-c32.txt" &
+    wrk_pid=$!
+    while [[ -n $pid ]] && kill -0 "$wrk_pid" 2>/dev/null; do
+        rss=$(rss_kib "$pid" VmRSS)
+        if ((rss > max_rss)); then max_rss=$rss; fi
+        sleep 0.5
+    done
+    wait "$wrk_pid"
+    line="$(cat "$WORK/$name-c32.txt") $(cpu_busy "$before" "$(cpu_snapshot)")"
+    log "$name c=32: ${line#RESULT }"
+    record "$name.c32" "${line#RESULT }"
+    if [[ -n $pid ]]; then
+        record "${name}_rss_load_kib" "$max_rss"
+        record "${name}_rss_peak_kib" "$(rss_kib "$pid" VmHWM)"
+    fi
+}
+
+log "load average before measuring: $(cut -d' ' -f1-3 /proc/loadavg) (quiet is below 0.7)"
+record load_before "$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' ',')"
+# WatchLLM loads its tokenizer in a background thread after start, so idle memory is read once
+# the resident size has stopped changing for 1 s (at most 15 s).
+idle_rss=$(rss_kib "$GATEWAY_PID" VmRSS)
+for _ in $(seq 15); do
+    sleep 1
+    rss=$(rss_kib "$GATEWAY_PID" VmRSS)
+    [[ $rss == "$idle_rss" ]] && break
+    idle_rss=$rss
+done
+record watchllm_rss_idle_kib "$idle_rss"
+
+measure direct "$MOCK_PORT"
+measure nginx "$NGINX_PORT"
+measure passthrough "$PASSTHROUGH_PORT"
+measure watchllm "$GATEWAY_PORT" "$GATEWAY_PID"
+
+# Streaming: time to first token and gaps between chunks, directly and through WatchLLM.
+for target in "direct $MOCK_PORT" "watchllm $GATEWAY_PORT"; do
+    read -r name port <<<"$target"
+    line=$(taskset -c $LOAD_CPU python3 "$BENCHES/stream_probe.py" "127.0.0.1:$port" \
+        $STREAM_REQUESTS $STREAM_CHUNKS $STREAM_DELAY_MS "$API_KEY")
+    log "stream $name: ${line#RESULT }"
+    record "stream.$name" "${line#RESULT }"
+done
+record load_after "$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' ',')"
+record watchllm_rss_after_kib "$(rss_kib "$GATEWAY_PID" VmRSS)"
+
+# The usage events in the store show that accounting was on and kept up. The writer flushes a
+# partial batch within accounting.flush_interval_ms (200 ms), so 1 s is enough for the last one.
+sleep 1
+record usage_events "$(python3 -c 'import sqlite3, sys
+db = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
+print(db.execute("SELECT count(*) FROM usage_events").fetchone()[0])' "$WORK/state/watchllm.db")"
+
+# ---------------------------------------------------------------- report
+
+python3 - "$RESULTS" "$SECONDS_PER_RUN" <<'PYTHON'
+import sys
+
+results, seconds = sys.argv[1], sys.argv[2]
+values = {}
+for line in open(results):
+    name, _, rest = line.strip().partition(" ")
+    if "=" in rest:
+        values[name] = {k: float(v) for k, v in (pair.split("=") for pair in rest.split())}
+    else:
+        values[name] = rest
+
+def ms(us):
+    return f"{us / 1000:.3f}"
+
+direct_p50 = values["direct.c1"]["p50_us"]
+direct_p99 = values["direct.c1"]["p99_us"]
+rows = [("direct", "mock provider, no proxy"), ("nginx", "nginx, 1 worker"),
+        ("passthrough", "bare Pingora proxy, 1 thread"), ("watchllm", "WatchLLM, 1 thread, auth + accounting")]
+
+print()
+print(f"Non-streamed POST /v1/chat/completions, wrk closed loop, {seconds} s per run.")
+print()
+print("| target | req/s at 32 conn. | p50 at 1 conn. (ms) | p99 at 1 conn. (ms) | added p50 (ms) | added p99 (ms) "
+      "| CPU 0 / CPU 1 busy at 32 conn. (%) | errors |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
+for key, label in rows:
+    c1, c32 = values[f"{key}.c1"], values[f"{key}.c32"]
+    errors = int(c1["socket_errors"] + c1["status_errors"] + c32["socket_errors"] + c32["status_errors"])
+    added = "" if key == "direct" else (ms(c1["p50_us"] - direct_p50), ms(c1["p99_us"] - direct_p99))
+    print(f"| {label} | {c32['rps']:.0f} | {ms(c1['p50_us'])} | {ms(c1['p99_us'])} | "
+          f"{added[0] if added else '-'} | {added[1] if added else '-'} | "
+          f"{c32['cpu0_busy']:.0f} / {c32['cpu1_busy']:.0f} | {errors} |")
+
+nginx, gateway = values["nginx.c1"], values["watchllm.c1"]
+throughput_ratio = values["watchllm.c32"]["rps"] / values["nginx.c32"]["rps"]
+nginx_added = nginx["p99_us"] - direct_p99
+gateway_added = gateway["p99_us"] - direct_p99
+print()
+print("| comparison | value | target | met |")
+print("|---|---:|---:|---|")
+print(f"| WatchLLM / nginx throughput at 32 conn. | {throughput_ratio:.2f} | >= 0.80 | {'yes' if throughput_ratio >= 0.8 else 'no'} |")
+if nginx_added > 0:
+    p99_ratio = gateway_added / nginx_added
+    print(f"| WatchLLM / nginx added p99 at 1 conn. | {p99_ratio:.2f} | <= 1.20 | {'yes' if p99_ratio <= 1.2 else 'no'} |")
+else:
+    print(f"| WatchLLM / nginx added p99 at 1 conn. | n/a (nginx added {ms(nginx_added)} ms) | <= 1.20 | n/a |")
+print(f"| Pingora passthrough / nginx throughput | {values['passthrough.c32']['rps'] / values['nginx.c32']['rps']:.2f} | | |")
+
+direct, gateway_stream = values["stream.direct"], values["stream.watchllm"]
+print()
+print("Streaming: 10 requests of 10 content chunks, 50 ms apart (x-mock-chunk-delay-ms).")
+print()
+print("| path | TTFT p50 (ms) | TTFT p90 (ms) | gap p50 (ms) | gap p99 (ms) | gap max (ms) | failed |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for label, s in (("direct", direct), ("through WatchLLM", gateway_stream)):
+    print(f"| {label} | {s['ttft_p50_ms']:.2f} | {s['ttft_p90_ms']:.2f} | {s['gap_p50_ms']:.2f} | "
+          f"{s['gap_p99_ms']:.2f} | {s['gap_max_ms']:.2f} | {int(s['failures'])} |")
+
+print()
+print("| WatchLLM resident memory | MiB |")
+print("|---|---:|")
+print(f"| idle, after start (tokenizer loaded) | {float(values['watchllm_rss_idle_kib']) / 1024:.1f} |")
+print(f"| under load, max sampled at 32 conn. | {float(values['watchllm_rss_load_kib']) / 1024:.1f} |")
+print(f"| peak (VmHWM) | {float(values['watchllm_rss_peak_kib']) / 1024:.1f} |")
+print(f"| idle again, after all runs | {float(values['watchllm_rss_after_kib']) / 1024:.1f} |")
+print()
+measured = sum(values[f"watchllm.c{c}"]["requests"] for c in (1, 32))
+print(f"Usage events stored: {values['usage_events']}, for {measured:.0f} requests completed in the measured runs "
+      "plus the warm-up, the checks and the stream probe. "
+      f"Load average (1, 5, 15 min) before: {values['load_before']}, after: {values['load_after']}.")
+PYTHON

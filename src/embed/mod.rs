@@ -1,0 +1,8 @@
+//! Sentence embeddings for the semantic cache: the model (`model`) and the thread pool that
+//! batches concurrent requests (`pool`).
+
+pub mod model;
+pub mod pool;
+
+pub use model::{check_model_dir, cosine, EmbedError, Embedder, DIMENSIONS, INSTALL_COMMAND};
+pub use pool::{EmbedPool, PoolOptions};

@@ -1,0 +1,198 @@
+//! The routing background service: health probes of every provider, and the refresh of the
+//! provider-key records from the store.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tracing::{info, warn};
+
+use super::health::{redact_url, Observed};
+use super::select::Routing;
+use super::{build_peer, upstream_host};
+use crate::config::{Provider, RuntimeConfig};
+use crate::keys::RecordSnapshot;
+use crate::store::Store;
+
+/// Probes providers and keeps the provider-key records current.
+pub struct RoutingService {
+    routing: Routing,
+    config: Arc<ArcSwap<RuntimeConfig>>,
+}
+
+impl RoutingService {
+    pub fn new(routing: Routing, config: Arc<ArcSwap<RuntimeConfig>>) -> Self {
+        RoutingService { routing, config }
+    }
+}
+
+/// Returns the URL a probe requests, for messages.
+pub fn probe_url(provider: &Provider, path: &str) -> String {
+    let scheme = if provider.tls { "https" } else { "http" };
+    format!("{scheme}://{}{}{}", upstream_host(provider), provider.base_path, path)
+}
+
+/// Sends one probe: `GET {base_url}{path}` with the provider's global key. A status below 500
+/// other than 429 counts as up, because an authentication or not-found response still shows a live server.
+async fn probe(connector: &Connector, provider: &Provider, path: &str, timeout: Duration) -> Result<u16, String> {
+    let attempt = async {
+        let mut peer = build_peer(provider);
+        peer.options.read_timeout = Some(timeout);
+        peer.options.write_timeout = Some(timeout);
+        peer.options.connection_timeout = Some(timeout);
+        peer.options.total_connection_timeout = Some(timeout);
+        let (mut session, _reused) = connector.get_http_session(&peer).await.map_err(|e| e.etype().as_str().to_string())?;
+        let full_path = format!("{}{}", provider.base_path, path);
+        let mut request = RequestHeader::build("GET", full_path.as_bytes(), None).map_err(|e| e.to_string())?;
+        request.insert_header("host", upstream_host(provider)).map_err(|e| e.to_string())?;
+        request.insert_header("user-agent", concat!("watchllm-health/", env!("CARGO_PKG_VERSION"))).map_err(|e| e.to_string())?;
+        if let Some(key) = &provider.api_key {
+            request.insert_header("authorization", format!("Bearer {}", key.0)).map_err(|_| "invalid provider key header".to_string())?;
+        }
+        session.write_request_header(Box::new(request)).await.map_err(|e| e.etype().as_str().to_string())?;
+        session.finish_request_body().await.map_err(|e| e.etype().as_str().to_string())?;
+        session.read_response_header().await.map_err(|e| e.etype().as_str().to_string())?;
+        let status = session.response_header().map(|h| h.status.as_u16()).unwrap_or(0);
+        session.shutdown().await;
+        Ok(status)
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("timed out after {} ms", timeout.as_millis())),
+    }
+}
+
+/// Probes every configured provider once, concurrently.
+async fn probe_all(routing: &Routing, connector: &Connector, config: &RuntimeConfig) {
+    let options = &config.routing.health;
+    let probes = config.routing.providers.iter().map(|provider| async move {
+        let started = Instant::now();
+        let outcome = probe(connector, provider, &options.path, options.timeout).await;
+        let latency = started.elapsed();
+        let url = redact_url(&probe_url(provider, &options.path));
+        match outcome {
+            Ok(status) if status < 500 && status != 429 => {
+                routing.health.record_probe(&provider.name, latency, true);
+                routing.health.record_success(&provider.name, options, Observed::Probe);
+            }
+            Ok(status) => {
+                routing.health.record_probe(&provider.name, latency, false);
+                routing.health.record_failure(&provider.name, options, Observed::Probe, &format!("GET {url}: status {status}"));
+            }
+            Err(error) => {
+                routing.health.record_probe(&provider.name, latency, false);
+                routing.health.record_failure(&provider.name, options, Observed::Probe, &format!("GET {url}: {error}"));
+            }
+        }
+    });
+    futures::future::join_all(probes).await;
+}
+
+/// Reloads the provider-key records when the store's version changed, then derives the ciphers
+/// of new records on a blocking thread.
+async fn refresh_provider_keys(routing: &Routing, store: &Store) -> anyhow::Result<()> {
+    let version = store.provider_keys_version().await?;
+    if version == routing.vault.snapshot().version {
+        return Ok(());
+    }
+    let records = store.load_provider_keys().await?;
+    let snapshot = RecordSnapshot::new(version, records);
+    if !snapshot.is_empty() && !routing.vault.has_master() {
+        warn!(records = snapshot.len(), "provider keys are stored but no master secret is configured; requests of those projects fail until it is set");
+    }
+    info!(records = snapshot.len(), version, "provider keys reloaded");
+    routing.vault.replace_snapshot(snapshot);
+    let vault = routing.vault.clone();
+    let derived = tokio::task::spawn_blocking(move || vault.warm_up()).await.unwrap_or(0);
+    if derived > 0 {
+        info!(derived, "derived the encryption keys of new provider keys");
+    }
+    Ok(())
+}
+
+async fn shutdown_requested(mut shutdown: ShutdownWatch) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for RoutingService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let connector = Connector::new(None);
+        let mut store: Option<Store> = None;
+        let mut key_failures = 0u32;
+        let mut next_probe = Instant::now();
+        let mut next_refresh = Instant::now();
+        let stop = shutdown_requested(shutdown);
+        tokio::pin!(stop);
+
+        loop {
+            let config = self.config.load_full();
+            let now = Instant::now();
+            if config.routing.health.enabled && now >= next_probe {
+                probe_all(&self.routing, &connector, &config).await;
+                next_probe = Instant::now() + config.routing.health.interval;
+            }
+            if now >= next_refresh {
+                if store.is_none() {
+                    store = Store::connect(&config.database_url).await.ok();
+                }
+                let result = match &store {
+                    Some(store) => refresh_provider_keys(&self.routing, store).await,
+                    None => Err(anyhow::anyhow!("no database connection")),
+                };
+                match result {
+                    Ok(()) => key_failures = 0,
+                    Err(e) => {
+                        key_failures += 1;
+                        if key_failures == 1 || key_failures % 60 == 0 {
+                            warn!(error = %format!("{e:#}"), failures = key_failures, "failed to refresh provider keys; serving the previous records");
+                        }
+                    }
+                }
+                next_refresh = Instant::now() + config.routing.provider_keys_refresh;
+            }
+            let wake = if config.routing.health.enabled { next_probe.min(next_refresh) } else { next_refresh };
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
+            }
+        }
+    }
+}
+
+/// Reads the master secret and the stored provider keys before the proxy starts, so that no
+/// request of a project with its own key is served with the global key. Runs on a short-lived
+/// runtime, like the other start-up steps.
+pub fn prepare_routing(config: &RuntimeConfig) -> anyhow::Result<Routing> {
+    use anyhow::Context;
+
+    let routing = Routing::default();
+    let source = &config.routing.master_secret;
+    let master = source.load_from_process().with_context(|| format!("failed to read the master secret from the {}", source.describe()))?;
+    let has_master = master.is_some();
+    routing.vault.set_master(master);
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let snapshot = runtime.block_on(async {
+        let store = Store::connect(&config.database_url).await.context("failed to connect to the database")?;
+        let version = store.provider_keys_version().await?;
+        let records = store.load_provider_keys().await?;
+        store.close().await;
+        anyhow::Ok(RecordSnapshot::new(version, records))
+    })?;
+    if !snapshot.is_empty() && !has_master {
+        warn!(records = snapshot.len(), source = %source.describe(), "provider keys are stored but no master secret is configured; requests of those projects fail until it is set");
+    }
+    info!(provider_keys = snapshot.len(), master_secret = has_master, "provider keys loaded");
+    routing.vault.replace_snapshot(snapshot);
+    Ok(routing)
+}

@@ -1,0 +1,175 @@
+"""Provider health probes, Retry-After cool-downs, and failover to a model's next provider."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from pathlib import Path
+from typing import Iterator
+
+import openai
+import pytest
+
+from harness import FakeUpstream, Gateway, MockUpstreamOnPort, admin_request, free_port, wait_until
+
+ADMIN_TOKEN = "admin-token-" + secrets.token_hex(12)
+ENVIRONMENT = {"WATCHLLM_ADMIN_TOKEN": ADMIN_TOKEN}
+BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "route me"}]}).encode()
+
+
+@pytest.fixture
+def primary_mock(watchllm_binary: Path, tmp_path: Path) -> Iterator[MockUpstreamOnPort]:
+    """A second mock upstream on a fixed port, the preferred provider of the tests below."""
+    mock = MockUpstreamOnPort(watchllm_binary, tmp_path)
+    mock.start()
+    yield mock
+    mock.stop()
+
+
+def routed_config(primary_url: str, health: dict | None = None, failover: dict | None = None) -> dict:
+    return {
+        "providers": {"primary": {"base_url": primary_url, "connect_timeout_ms": 1000}},
+        "models": {"gpt-4o-mini": {"provider": "primary", "fallbacks": ["mock"]}},
+        "health": health or {"enabled": False},
+        "failover": failover or {},
+    }
+
+
+def provider_status(gateway: Gateway, name: str) -> str:
+    response = admin_request(gateway, "GET", "/health/detailed", ADMIN_TOKEN)
+    return response.json()["providers"][name]["status"]
+
+
+def request_count(mock: MockUpstreamOnPort) -> int | None:
+    """Return the mock's POST count, or None while it is stopped."""
+    try:
+        return mock.request_count()
+    except OSError:
+        return None
+
+
+def served_by(gateway: Gateway, primary: MockUpstreamOnPort) -> str:
+    """Send one request and return which mock served it: primary or mock."""
+    primary_before, fallback_before = request_count(primary), gateway.mock.request_count()
+    response = gateway.post("/chat/completions", BODY)
+    assert response.status == 200, response.body
+    primary_after = request_count(primary)
+    if primary_before is not None and primary_after is not None and primary_after > primary_before:
+        return "primary"
+    assert gateway.mock.request_count() > fallback_before
+    return "mock"
+
+
+def test_unhealthy_provider_skipped_then_back(gateway_factory, primary_mock: MockUpstreamOnPort) -> None:
+    health = {"enabled": True, "interval_ms": 200, "timeout_ms": 500, "unhealthy_after": 2, "healthy_after": 2}
+    gateway = gateway_factory(config_overrides=routed_config(primary_mock.url, health), environment=ENVIRONMENT)
+    wait_until(lambda: provider_status(gateway, "primary") == "healthy", 5.0, "primary never reported healthy")
+    assert served_by(gateway, primary_mock) == "primary"
+
+    primary_mock.stop()
+    wait_until(lambda: provider_status(gateway, "primary") == "unhealthy", 5.0, "primary never marked unhealthy")
+    detailed = admin_request(gateway, "GET", "/health/detailed", ADMIN_TOKEN)
+    assert detailed.status == 200
+    body = detailed.json()
+    assert body["status"] == "degraded"
+    assert body["providers"]["primary"]["last_error"]
+    assert body["providers"]["primary"]["last_probe_at_ms"] is not None
+    assert body["providers"]["mock"]["status"] == "healthy"
+    assert body["store"]["status"] == "ok"
+    assert body["config_version"]
+    assert served_by(gateway, primary_mock) == "mock"
+
+    primary_mock.start()
+    wait_until(lambda: provider_status(gateway, "primary") == "healthy", 5.0, "primary never recovered")
+    assert served_by(gateway, primary_mock) == "primary"
+
+
+def test_all_unhealthy_tries_preferred(gateway_factory) -> None:
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    health = {"enabled": True, "interval_ms": 200, "timeout_ms": 300, "unhealthy_after": 1, "healthy_after": 1}
+    config = {
+        "providers": {"primary": {"base_url": closed}},
+        "models": {"gpt-4o-mini": {"provider": "primary"}},
+        "health": health,
+    }
+    gateway = gateway_factory(config_overrides=config, environment=ENVIRONMENT)
+    wait_until(lambda: provider_status(gateway, "primary") == "unhealthy", 5.0, "primary never marked unhealthy")
+    detailed = admin_request(gateway, "GET", "/health/detailed", ADMIN_TOKEN)
+    assert detailed.status == 200, "the mock provider is still healthy, so the gateway is degraded, not down"
+    response = gateway.post("/chat/completions", BODY)
+    assert response.status == 502
+    assert response.json()["error"]["code"] == "upstream_connect_failed"
+
+
+def test_retry_after_cools_provider(gateway_factory, primary_mock: MockUpstreamOnPort) -> None:
+    gateway = gateway_factory(config_overrides=routed_config(primary_mock.url, failover={"statuses": []}), environment=ENVIRONMENT)
+    limited = gateway.post("/chat/completions", BODY, {"x-mock-status": "429", "x-mock-retry-after": "2"})
+    assert limited.status == 429
+    cooled_at = time.monotonic()
+    assert provider_status(gateway, "primary") == "cooling_down"
+    assert served_by(gateway, primary_mock) == "mock"
+    time.sleep(max(0.0, cooled_at + 1.5 - time.monotonic()))
+    assert served_by(gateway, primary_mock) == "mock", "the cool-down must last about 2 s"
+    time.sleep(max(0.0, cooled_at + 2.3 - time.monotonic()))
+    assert served_by(gateway, primary_mock) == "primary"
+    assert provider_status(gateway, "primary") == "healthy"
+
+
+def test_connection_refused_fails_over(gateway_factory) -> None:
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    gateway = gateway_factory(config_overrides=routed_config(closed), environment=ENVIRONMENT)
+    before = gateway.mock.request_count()
+    raw = gateway.client().chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert raw.http_response.status_code == 200
+    assert raw.parse().choices[0].message.content
+    assert gateway.mock.request_count() == before + 1
+    event = gateway.wait_for_event(raw.headers["x-watchllm-request-id"])
+    assert event["provider"] == "mock"
+    assert event["status"] == 200
+
+
+def test_status_503_fails_over(gateway_factory) -> None:
+    failing = FakeUpstream(503)
+    try:
+        gateway = gateway_factory(config_overrides=routed_config(failing.url), environment=ENVIRONMENT)
+        before = gateway.mock.request_count()
+        stream = gateway.client().chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "stream me"}], stream=True
+        )
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+        assert text
+        assert failing.count() == 1
+        assert gateway.mock.request_count() == before + 1
+    finally:
+        failing.close()
+
+
+def test_body_read_then_dropped_not_retried(gateway_factory) -> None:
+    dropping = FakeUpstream(None)
+    try:
+        gateway = gateway_factory(config_overrides=routed_config(dropping.url), environment=ENVIRONMENT)
+        before = gateway.mock.request_count()
+        response = gateway.post("/chat/completions", BODY)
+        assert response.status == 502
+        assert response.json()["error"]["code"] == "upstream_failed"
+        assert dropping.count() == 1
+        assert gateway.mock.request_count() == before, "the request must not be sent to a second provider"
+        with pytest.raises(openai.APIStatusError) as raised:
+            gateway.client().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+        assert raised.value.status_code == 502
+        assert dropping.count() == 2
+        assert gateway.mock.request_count() == before
+    finally:
+        dropping.close()
+
+
+def test_error_event_counts_as_failure(gateway_factory, primary_mock: MockUpstreamOnPort) -> None:
+    health = {"enabled": False, "unhealthy_after": 2}
+    gateway = gateway_factory(config_overrides=routed_config(primary_mock.url, health), environment=ENVIRONMENT)
+    body = json.dumps({"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "x"}]}).encode()
+    for _ in range(2):
+        response = gateway.post("/chat/completions", body, {"x-mock-error-in-200": "1"})
+        assert response.status == 200
+    assert provider_status(gateway, "primary") == "unhealthy"
+    assert served_by(gateway, primary_mock) == "mock"
