@@ -8,19 +8,21 @@ bash scripts/setup.sh
 bin=target/release/watchllm
 config=conf/watchllm.yaml
 
+# The project and key exist before the gateway starts, so its first key snapshot has them.
+"$bin" project create demo --config "$config" >/dev/null 2>&1 || true
+key=$("$bin" key create demo --config "$config")
+
 "$bin" mock-upstream --listen 127.0.0.1:9090 &
 mock_pid=$!
 "$bin" serve --config "$config" &
 gateway_pid=$!
 trap 'kill "$gateway_pid" "$mock_pid" 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
 
-for _ in $(seq 1 100); do
+# /health answers once the proxy accepts connections.
+for _ in $(seq 1 300); do
   curl -sf http://127.0.0.1:8081/health >/dev/null && break
   sleep 0.1
 done
-
-"$bin" project create demo --config "$config" >/dev/null 2>&1 || true
-key=$("$bin" key create demo --config "$config")
 
 echo
 echo "API key for project demo: $key"
