@@ -1,7 +1,7 @@
 //! Criterion benchmarks of the pure functions on WatchLLM's request path.
 //!
 //! Run with `cargo bench --bench hot_path`. Each benchmark warms up for 1 s and measures for 2 s,
-//! so the whole run takes about half a minute. docs/BENCHMARKS.md records the figures.
+//! so the whole run takes about 40 seconds. docs/BENCHMARKS.md records the figures.
 
 use std::hint::black_box;
 use std::time::Duration;

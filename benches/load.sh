@@ -162,14 +162,25 @@ wait_for_port "$NGINX_PORT" nginx "$LAST_PID"
 start_pinned $PROXY_CPU passthrough "$PASSTHROUGH" "127.0.0.1:$PASSTHROUGH_PORT" "127.0.0.1:$MOCK_PORT"
 wait_for_port "$PASSTHROUGH_PORT" "the Pingora passthrough" "$LAST_PID"
 
-# WatchLLM: conf/watchllm.yaml with 1 thread and the mock's port, a fresh SQLite state folder.
+# WatchLLM: 1 thread, the mock as its provider, a fresh SQLite state folder, and every other key
+# at its default (conf/watchllm.yaml lists them). The limits by client address are off because
+# all the load comes from 127.0.0.1. The response cache is off by default, so every request
+# reaches the mock.
 CONFIG="$WORK/watchllm.yaml"
-sed -e 's/^threads: .*/threads: 1/' \
-    -e "s|^pricing_file: .*|pricing_file: \"$ROOT/conf/pricing.yaml\"|" \
-    -e "s|base_url: \"http://127.0.0.1:9090/v1\"|base_url: \"http://127.0.0.1:$MOCK_PORT/v1\"|" \
-    "$ROOT/conf/watchllm.yaml" >"$CONFIG"
-grep -q "^threads: 1" "$CONFIG" && grep -q "127.0.0.1:$MOCK_PORT" "$CONFIG" ||
-    fail "conf/watchllm.yaml no longer has the threads or mock base_url lines this script rewrites"
+cp "$ROOT/conf/pricing.yaml" "$WORK/pricing.yaml"
+cat >"$CONFIG" <<EOF
+threads: 1
+pricing_file: pricing.yaml
+providers:
+  mock:
+    base_url: "http://127.0.0.1:$MOCK_PORT/v1"
+models:
+  gpt-4o-mini:
+    provider: mock
+limits:
+  ip:
+    enabled: false
+EOF
 export WATCHLLM_LISTEN="127.0.0.1:$GATEWAY_PORT"
 export WATCHLLM_ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT"
 export WATCHLLM_STATE_DIR="$WORK/state"
