@@ -109,9 +109,11 @@ impl Gateway {
             None if !ctx.response_body_overflow => Usage::from_response_body(&ctx.response_body),
             None => None,
         };
-        let completion_text = match &ctx.sse {
-            Some(scanner) => scanner.text.clone(),
-            None => completion_text_of(&ctx.response_body),
+        // The text only feeds the estimate for a response without usage, so it is built only then.
+        let completion_text = match (&ctx.sse, reported) {
+            (_, Some(_)) => String::new(),
+            (Some(scanner), None) => scanner.text.clone(),
+            (None, None) => completion_text_of(&ctx.response_body),
         };
         let error_type = error_type(ctx, error, status);
         let route = ctx.route.as_ref();
