@@ -3,8 +3,8 @@
 //! Run with `cargo bench --bench cache_embed`; the model must be installed
 //! (`bash scripts/install-model.sh`, or `WATCHLLM_MODEL_DIR`). Criterion measures one 30-token
 //! prompt and a batch of 32; then the embedding pool is driven by 64 concurrent requesters to
-//! measure prompts per second with batching, printed as `pool: ...`. docs/BENCHMARKS.md records
-//! the figures.
+//! measure prompts per second with batching, printed as `pool: ...` (`WATCHLLM_BENCH_EMBED_POOL=0`
+//! skips it). docs/BENCHMARKS.md records the figures.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -14,7 +14,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use watchllm::embed::{EmbedPool, Embedder, PoolOptions};
 
 /// A prompt of 30 tokens with the two special tokens (checked below).
-const PROMPT: &str = "How can I configure my home router so that the guest network cannot reach the printer but still gets internet access";
+const PROMPT: &str = "How can I configure my home router so that the guest network cannot reach the printer but still gets fast internet access at night";
 
 fn model_dir() -> PathBuf {
     match std::env::var("WATCHLLM_MODEL_DIR") {
@@ -29,6 +29,8 @@ fn prompts(count: usize) -> Vec<String> {
 
 fn embedding(c: &mut Criterion) {
     let embedder = Embedder::load(&model_dir(), 256).expect("install the model with bash scripts/install-model.sh");
+    assert_eq!(embedder.token_count(PROMPT).expect("tokens"), 30, "the benchmark prompt should have 30 tokens");
+    println!("embedding: candle sees {} thread(s) (RAYON_NUM_THREADS or the CPUs available)", candle_core::utils::get_num_threads());
     let mut group = c.benchmark_group("embedding");
     group.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
     group.throughput(Throughput::Elements(1));
@@ -64,6 +66,9 @@ fn pool_throughput(threads: usize, requesters: usize, per_requester: usize) -> f
 }
 
 fn pool(_: &mut Criterion) {
+    if std::env::var("WATCHLLM_BENCH_EMBED_POOL").is_ok_and(|v| v == "0") {
+        return;
+    }
     for threads in [1, 2] {
         let rate = pool_throughput(threads, 64, 16);
         println!("pool: {threads} worker thread(s), 64 concurrent requesters: {rate:.0} prompts/s");

@@ -1,17 +1,18 @@
 //! Criterion benchmarks of the pure functions on WatchLLM's request path.
 //!
 //! Run with `cargo bench --bench hot_path`. Each benchmark warms up for 1 s and measures for 2 s,
-//! so the whole run takes about 40 seconds. docs/BENCHMARKS.md records the figures.
+//! so the whole run takes about 50 seconds. docs/BENCHMARKS.md records the figures.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use watchllm::accounting::{SseScanner, Usage};
+use watchllm::accounting::usage::count_tokens;
+use watchllm::accounting::{ResponseSummary, SseScanner, Usage};
 use watchllm::auth::{hash_api_key, KeyEntry, KeySnapshot};
 use watchllm::config::ModelPrice;
-use watchllm::proxy::request::{parse_request, prepare_request};
+use watchllm::proxy::request::{parse_request, prepare_parsed, prepare_request};
 use watchllm::routing::Endpoint;
 
 /// Keys in the snapshot for the authentication benchmarks.
@@ -65,7 +66,28 @@ fn usage_from_body(c: &mut Criterion) {
     let body = br#"{"id":"chatcmpl-9f3c2a","object":"chat.completion","created":1733338800,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"The capital of France is Paris. It has been the country's capital since the 10th century.","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":14,"completion_tokens":20,"total_tokens":34,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"system_fingerprint":"fp_0ba0d124f1"}"#;
     assert_eq!(Usage::from_response_body(body).map(|u| u.total_tokens), Some(34));
 
+    assert_eq!(ResponseSummary::read(body).usage.map(|u| u.total_tokens), Some(34));
+
     c.bench_function("usage/from_response_body", |b| b.iter(|| Usage::from_response_body(black_box(body))));
+    // What `logging` runs: usage, the error field and (only without usage) the text, in one parse.
+    c.bench_function("usage/response_summary", |b| b.iter(|| ResponseSummary::read(black_box(body))));
+}
+
+fn token_counts(c: &mut Criterion) {
+    const PROMPT: &str = "What is the capital of France? Answer in one sentence.";
+    assert_eq!(count_tokens(PROMPT), 12);
+    let mut group = c.benchmark_group("tokens");
+    // A text the thread counted before, as a conversation's earlier turns are.
+    group.bench_function("count_remembered_12_tokens", |b| b.iter(|| count_tokens(black_box(PROMPT))));
+    // A text never seen: a counter makes each one new, so every call runs the tokenizer.
+    let mut n = 0u64;
+    group.bench_function("count_new_text_13_to_15_tokens", |b| {
+        b.iter(|| {
+            n += 1;
+            count_tokens(black_box(&format!("{PROMPT} {n}")))
+        })
+    });
+    group.finish();
 }
 
 fn cost(c: &mut Criterion) {
@@ -116,16 +138,11 @@ fn request_preparation(c: &mut Criterion) {
     group.bench_function("chat_model_renamed", |b| b.iter(prepare(PLAIN, Some("openai/gpt-4o-mini"))));
     // A stream: `stream_options.include_usage` is added, so the body is serialized again.
     group.bench_function("chat_stream_usage_added", |b| b.iter(prepare(STREAMED, Some("gpt-4o-mini"))));
-    // What `request_filter` runs today: `parse_request` to read the model for routing, then
-    // `prepare_request`, which parses the same body again.
+    // What `request_filter` runs: `parse_request` once, its value then reused by `prepare_parsed`.
     group.bench_function("chat_parse_then_prepare", |b| {
         b.iter(|| {
-            let model = parse_request(Endpoint::ChatCompletions, black_box(PLAIN)).expect("benchmark body is valid")["model"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            black_box(model);
-            prepare(PLAIN, Some("gpt-4o-mini"))()
+            let parsed = parse_request(Endpoint::ChatCompletions, black_box(PLAIN)).expect("benchmark body is valid");
+            prepare_parsed(Endpoint::ChatCompletions, Bytes::from_static(PLAIN), parsed, Some("gpt-4o-mini")).expect("benchmark body is valid")
         })
     });
     group.finish();
@@ -138,6 +155,6 @@ fn short_runs() -> Criterion {
 criterion_group! {
     name = hot_path;
     config = short_runs();
-    targets = sse_scanner, usage_from_body, cost, authentication, request_preparation
+    targets = sse_scanner, usage_from_body, token_counts, cost, authentication, request_preparation
 }
 criterion_main!(hot_path);

@@ -193,6 +193,83 @@ GATEWAY_PID=$LAST_PID
 wait_for_port "$GATEWAY_PORT" WatchLLM "$GATEWAY_PID"
 wait_for_port "$ADMIN_PORT" "WatchLLM's admin listener" "$GATEWAY_PID"
 
+# Two more WatchLLM instances, idle until their turn, with the features that issues ask to cost
+# within 5% of the plain gateway's throughput. Same provider, same project name and key format.
+#   watchllm_limits: the limits by client address on (at a rate that the load never reaches),
+#     and a plan with every monthly quota and per-key limit set, high enough never to reject.
+#   watchllm_routing: an A/B experiment on the requested model with two weighted variants, health
+#     probes every second, and the project's own provider key (BYOK), decrypted per request.
+export WATCHLLM_MASTER_KEY="bench-master-secret-$(date +%s%N)"
+start_variant() {
+    local name=$1 extra=$2 port admin dir key
+    port=$(free_port)
+    admin=$(free_port)
+    dir="$WORK/$name"
+    mkdir -p "$dir"
+    cp "$ROOT/conf/pricing.yaml" "$dir/pricing.yaml"
+    # The routing variant's second model, at the price of the first.
+    printf '  gpt-4o-mini-b:\n    input: 0.15\n    output: 0.60\n' >>"$dir/pricing.yaml"
+    printf 'threads: 1\npricing_file: pricing.yaml\nproviders:\n  mock:\n    base_url: "http://127.0.0.1:%s/v1"\n%s\n' \
+        "$MOCK_PORT" "$extra" >"$dir/watchllm.yaml"
+    (
+        export WATCHLLM_LISTEN="127.0.0.1:$port" WATCHLLM_ADMIN_LISTEN="127.0.0.1:$admin" WATCHLLM_STATE_DIR="$dir/state"
+        "$WATCHLLM" project create bench --plan bench --config "$dir/watchllm.yaml" >/dev/null
+        "$WATCHLLM" key create bench --config "$dir/watchllm.yaml" >"$dir/key"
+        if [[ $name == watchllm_routing ]]; then
+            printf %s "sk-bench-own-key" | "$WATCHLLM" provider-key set bench mock --config "$dir/watchllm.yaml" >/dev/null
+        fi
+    )
+    key=$(cat "$dir/key")
+    [[ $key == wllm_* ]] || fail "key create printed no key for $name"
+    WATCHLLM_LISTEN="127.0.0.1:$port" WATCHLLM_ADMIN_LISTEN="127.0.0.1:$admin" WATCHLLM_STATE_DIR="$dir/state" \
+        start_pinned $PROXY_CPU "$name" "$WATCHLLM" serve --config "$dir/watchllm.yaml"
+    wait_for_port "$port" "$name" "$LAST_PID"
+    VARIANT_PORTS[$name]=$port
+    VARIANT_KEYS[$name]=$key
+}
+declare -A VARIANT_PORTS VARIANT_KEYS
+BIG=1000000000
+start_variant watchllm_limits "models:
+  gpt-4o-mini:
+    provider: mock
+limits:
+  ip:
+    enabled: true
+    requests_per_second: $BIG
+    burst: $BIG
+  plans:
+    bench:
+      monthly_requests: $BIG
+      monthly_tokens: $((BIG * 1000))
+      monthly_cost_usd: $BIG
+      requests_per_minute: $BIG
+      tokens_per_minute: $((BIG * 1000))
+      max_concurrent_requests: 10000"
+start_variant watchllm_routing "models:
+  gpt-4o-mini:
+    provider: mock
+  gpt-4o-mini-b:
+    provider: mock
+    upstream_model: gpt-4o-mini
+limits:
+  ip:
+    enabled: false
+  plans:
+    bench: {}
+health:
+  enabled: true
+  interval_ms: 1000
+experiments:
+  bench-split:
+    model: gpt-4o-mini
+    variants:
+      - name: control
+        model: gpt-4o-mini
+        weight: 0.5
+      - name: other
+        model: gpt-4o-mini-b
+        weight: 0.5"
+
 # ---------------------------------------------------------------- measurements
 
 RESULTS="$WORK/results.txt"
@@ -205,7 +282,7 @@ rss_kib() { awk -v field="$2:" '$1 == field { print $2 }' "/proc/$1/status"; }
 check_target() {
     local name=$1 port=$2 status
     status=$(curl -sS -o "$WORK/check-$name.json" -w '%{http_code}' --max-time 5 \
-        -H 'Content-Type: application/json' -H "Authorization: Bearer $API_KEY" \
+        -H 'Content-Type: application/json' -H "Authorization: Bearer ${WRK_KEY:-$API_KEY}" \
         -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"ping"}]}' \
         "http://127.0.0.1:$port/v1/chat/completions")
     [[ $status == 200 ]] || fail "$name answered $status: $(head -c 300 "$WORK/check-$name.json")"
@@ -214,7 +291,7 @@ check_target() {
 # Runs wrk for $3 seconds at $2 connections against port $1 and prints its RESULT line.
 run_wrk() {
     local port=$1 connections=$2 seconds=$3 output
-    output=$(WRK_API_KEY=$API_KEY taskset -c $LOAD_CPU wrk -t1 -c"$connections" -d"${seconds}s" --timeout 5s \
+    output=$(WRK_API_KEY=${WRK_KEY:-$API_KEY} taskset -c $LOAD_CPU wrk -t1 -c"$connections" -d"${seconds}s" --timeout 5s \
         -s "$BENCHES/chat_request.lua" "http://127.0.0.1:$port/v1/chat/completions")
     grep '^RESULT' <<<"$output" || fail "wrk printed no result: $output"
 }
@@ -278,6 +355,24 @@ measure direct "$MOCK_PORT"
 measure nginx "$NGINX_PORT"
 measure passthrough "$PASSTHROUGH_PORT"
 measure watchllm "$GATEWAY_PORT" "$GATEWAY_PID"
+
+# Features: the plain gateway and the two variants at 32 connections, in alternating rounds so
+# that a change in the machine's load touches all three alike. Each reports its median round.
+ROUNDS=3
+for target in watchllm watchllm_limits watchllm_routing; do
+    if [[ $target != watchllm ]]; then
+        WRK_KEY=${VARIANT_KEYS[$target]} check_target "$target" "${VARIANT_PORTS[$target]}"
+        WRK_KEY=${VARIANT_KEYS[$target]} run_wrk "${VARIANT_PORTS[$target]}" 32 "$WARMUP_SECONDS" >/dev/null
+    fi
+done
+for round in $(seq $ROUNDS); do
+    for target in watchllm watchllm_limits watchllm_routing; do
+        port=${VARIANT_PORTS[$target]:-$GATEWAY_PORT}
+        line=$(WRK_KEY=${VARIANT_KEYS[$target]:-} run_wrk "$port" 32 "$SECONDS_PER_RUN")
+        log "features round $round, $target c=32: ${line#RESULT }"
+        record "features.$target.$round" "${line#RESULT }"
+    done
+done
 
 # Streaming: time to first token and gaps between chunks, directly and through WatchLLM.
 for target in "direct $MOCK_PORT" "watchllm $GATEWAY_PORT"; do
@@ -347,6 +442,25 @@ if nginx_added > 0:
 else:
     print(f"| WatchLLM / nginx added p99 at 1 conn. | n/a (nginx added {ms(nginx_added)} ms) | <= 1.20 | n/a |")
 print(f"| Pingora passthrough / nginx throughput | {values['passthrough.c32']['rps'] / values['nginx.c32']['rps']:.2f} | | |")
+
+rounds = sorted({int(k.rsplit(".", 1)[1]) for k in values if k.startswith("features.watchllm.")})
+def median_rps(target):
+    rates = sorted(values[f"features.{target}.{r}"]["rps"] for r in rounds)
+    return rates[len(rates) // 2], rates
+base_rps, base_rates = median_rps("watchllm")
+print()
+print(f"Features at 32 connections: {len(rounds)} alternating rounds of {seconds} s, median round.")
+print()
+print("| WatchLLM with | req/s (median) | rounds (req/s) | ratio to plain | target | met |")
+print("|---|---:|---|---:|---:|---|")
+for target, label in (("watchllm", "auth and accounting only"), ("watchllm_limits", "limits: IP, quotas, per-key rates"),
+                      ("watchllm_routing", "routing: experiment, health probes, BYOK")):
+    rps, rates = median_rps(target)
+    ratio = rps / base_rps
+    errors = sum(int(values[f"features.{target}.{r}"]["socket_errors"] + values[f"features.{target}.{r}"]["status_errors"]) for r in rounds)
+    target_text, met = ("", "") if target == "watchllm" else (">= 0.95", "yes" if ratio >= 0.95 else "no")
+    print(f"| {label} | {rps:.0f} | {', '.join(f'{r:.0f}' for r in rates)} | {ratio:.3f} | {target_text} | {met} |"
+          + ("" if errors == 0 else f" ({errors} errors)"))
 
 direct, gateway_stream = values["stream.direct"], values["stream.watchllm"]
 print()

@@ -3,7 +3,8 @@
 //! Each folder is one concern of the gateway; `proxy` holds the thin `ProxyHttp` hooks that call
 //! into the others. docs/ARCHITECTURE.md walks a request through them.
 
-#![forbid(unsafe_code)]
+// `server::scheduling` is the one module allowed an `unsafe` block: a raw `sched_setattr` call.
+#![deny(unsafe_code)]
 
 pub mod accounting;
 pub mod admin;

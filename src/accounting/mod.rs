@@ -4,10 +4,12 @@
 pub mod event;
 pub mod journal;
 pub mod outcome;
+pub mod response;
 pub mod sse;
 pub mod usage;
 pub mod writer;
 
 pub use event::UsageEvent;
+pub use response::ResponseSummary;
 pub use sse::SseScanner;
 pub use usage::Usage;

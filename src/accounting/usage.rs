@@ -1,6 +1,10 @@
 //! Token usage as providers report it, and the gateway's estimate when they do not.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::OnceLock;
+
+use ahash::RandomState;
 
 use serde_json::Value;
 use tiktoken_rs::CoreBPE;
@@ -57,12 +61,35 @@ pub fn warm_up_tokenizer() {
     let _ = tokenizer();
 }
 
-/// Counts the tokens of `text` with OpenAI's o200k tokenizer.
+/// Texts whose counts each thread remembers. A chat client sends its system prompt and every earlier
+/// turn again with each request, so most texts of a request were counted before.
+const REMEMBERED_COUNTS: usize = 4096;
+
+thread_local! {
+    /// Token counts by a keyed hash of the text. Emptied when full: simpler than an LRU, and a
+    /// conversation's texts come back within a few requests.
+    static COUNTS: RefCell<(RandomState, HashMap<u64, i64>)> = RefCell::new((RandomState::new(), HashMap::new()));
+}
+
+/// Counts the tokens of `text` with OpenAI's o200k tokenizer, remembering recent counts.
 pub fn count_tokens(text: &str) -> i64 {
     if text.is_empty() {
         return 0;
     }
-    tokenizer().encode_ordinary(text).len() as i64
+    COUNTS.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        let (hasher, counts) = &mut *guard;
+        let key = hasher.hash_one(text);
+        if let Some(count) = counts.get(&key) {
+            return *count;
+        }
+        let count = tokenizer().encode_ordinary(text).len() as i64;
+        if counts.len() >= REMEMBERED_COUNTS {
+            counts.clear();
+        }
+        counts.insert(key, count);
+        count
+    })
 }
 
 /// Estimates the prompt tokens of a request body from its messages, prompt or input.
@@ -143,6 +170,19 @@ mod tests {
     fn token_count_is_real() {
         assert_eq!(count_tokens("hello world"), 2);
         assert_eq!(count_tokens(""), 0);
+    }
+
+    #[test]
+    fn remembered_counts_match_fresh_ones() {
+        let texts: Vec<String> = (0..REMEMBERED_COUNTS + 10).map(|n| format!("message number {n} of a long chat")).collect();
+        let fresh: Vec<i64> = texts.iter().map(|t| tokenizer().encode_ordinary(t).len() as i64).collect();
+        // Twice over, so that the second pass reads remembered counts and the cache fills and empties.
+        for _ in 0..2 {
+            let counted: Vec<i64> = texts.iter().map(|t| count_tokens(t)).collect();
+            assert_eq!(counted, fresh);
+        }
+        assert_eq!(count_tokens("hello world"), 2);
+        assert!(COUNTS.with(|c| c.borrow().1.len()) <= REMEMBERED_COUNTS);
     }
 
     #[test]

@@ -4,14 +4,19 @@
 //! the event into a bounded channel, or appends it to the journal when the channel is full or
 //! closed. [`UsageWriter::run`] inserts the channel's events in batches, appends a batch to the
 //! journal when the insert fails, and replays the journal in the background.
+//!
+//! The writer does not wake for each event: a sink wakes it when a full batch is queued, and a
+//! timer wakes it every flush interval otherwise. At thousands of requests per second this saves
+//! a thread wake-up per request on the proxy's CPU.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::mpsc::{self, error::TryRecvError, error::TrySendError};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -62,6 +67,10 @@ impl Default for WriterOptions {
 /// State shared by the sink clones and the writer.
 struct Shared {
     journal: Arc<Journal>,
+    /// Wakes the writer once `batch_size` events are queued.
+    batch_ready: Notify,
+    /// The writer's batch size, set when it starts.
+    batch_size: AtomicUsize,
     written: AtomicU64,
     journaled: AtomicU64,
     dropped: AtomicU64,
@@ -95,6 +104,8 @@ pub fn usage_channel(capacity: usize, journal: Arc<Journal>) -> (UsageSink, Usag
     let (sender, receiver) = mpsc::channel(capacity.max(1));
     let shared = Arc::new(Shared {
         journal,
+        batch_ready: Notify::new(),
+        batch_size: AtomicUsize::new(WriterOptions::default().batch_size),
         written: AtomicU64::new(0),
         journaled: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
@@ -115,7 +126,13 @@ impl UsageSink {
     /// synchronous file write and sync. Logs, rate-limited, when even that fails.
     pub fn record(&self, event: UsageEvent) {
         let event = match self.sender.try_send(event) {
-            Ok(()) => return,
+            Ok(()) => {
+                let queued = self.sender.max_capacity() - self.sender.capacity();
+                if queued >= self.shared.batch_size.load(Ordering::Relaxed) {
+                    self.shared.batch_ready.notify_one();
+                }
+                return;
+            }
             Err(TrySendError::Full(event)) => {
                 if let Some(suppressed) = self.shared.overflow_log.allow() {
                     tracing::warn!(
@@ -165,7 +182,7 @@ impl UsageWriter {
     }
 
     /// Runs until `shutdown` resolves or every sink is dropped. Inserts events in batches of
-    /// up to `batch_size`, or after `flush_interval` when fewer arrive, and appends a batch
+    /// up to `batch_size`, and every `flush_interval` whatever has arrived, and appends a batch
     /// to the journal when its insert fails or times out. At start and every
     /// `replay_interval`, replays a non-empty journal in a background task.
     ///
@@ -179,10 +196,12 @@ impl UsageWriter {
         shutdown: impl Future<Output = ()>,
     ) {
         let batch_size = options.batch_size.max(1);
+        self.shared.batch_size.store(batch_size, Ordering::Relaxed);
         let replay_interval = options.replay_interval.max(Duration::from_millis(1));
+        let flush_interval = options.flush_interval.max(Duration::from_millis(1));
         tracing::info!(
             batch_size,
-            flush_interval = ?options.flush_interval,
+            flush_interval = ?flush_interval,
             replay_interval = ?replay_interval,
             "usage writer started"
         );
@@ -191,35 +210,25 @@ impl UsageWriter {
         let mut replay_timer =
             tokio::time::interval_at(Instant::now() + replay_interval, replay_interval);
         replay_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut flush_timer = tokio::time::interval_at(Instant::now() + flush_interval, flush_interval);
+        flush_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
         tokio::pin!(shutdown);
         let mut batch = Vec::with_capacity(batch_size);
-        let mut flush_deadline: Option<Instant> = None;
         loop {
-            let room = batch_size - batch.len();
-            // Timers come before the channel, so that a steady stream of events cannot starve them.
+            // Timers come before the wake-up, so that a steady stream of full batches cannot starve them.
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                () = sleep_until(flush_deadline) => {
-                    self.write_batch(&store, &mut batch).await;
-                    flush_deadline = None;
-                }
                 _ = replay_timer.tick() => {
                     replay_task = self.start_replay(&store, replay_task);
+                    continue;
                 }
-                received = self.receiver.recv_many(&mut batch, room) => {
-                    if received == 0 {
-                        break;
-                    }
-                    if flush_deadline.is_none() {
-                        flush_deadline = Some(Instant::now() + options.flush_interval);
-                    }
-                    if batch.len() >= batch_size {
-                        self.write_batch(&store, &mut batch).await;
-                        flush_deadline = None;
-                    }
-                }
+                _ = flush_timer.tick() => {}
+                () = self.shared.batch_ready.notified() => {}
+            }
+            if self.drain(&store, &mut batch, batch_size).await {
+                break;
             }
         }
 
@@ -246,6 +255,29 @@ impl UsageWriter {
             dropped = stats.dropped,
             "usage writer stopped"
         );
+    }
+
+    /// Inserts the queued events in batches of up to `batch_size` until the channel is empty.
+    /// Returns true when the channel is closed and empty, that is, every sink is gone.
+    async fn drain(&mut self, store: &Store, batch: &mut Vec<UsageEvent>, batch_size: usize) -> bool {
+        loop {
+            let mut closed = false;
+            while batch.len() < batch_size {
+                match self.receiver.try_recv() {
+                    Ok(event) => batch.push(event),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            let full = batch.len() >= batch_size;
+            self.write_batch(store, batch).await;
+            if !full {
+                return closed;
+            }
+        }
     }
 
     /// Inserts the batch, or journals it when the insert fails, and leaves `batch` empty.
@@ -324,14 +356,6 @@ impl UsageWriter {
                 );
             }
         }))
-    }
-}
-
-/// Sleeps until the deadline, or forever without one.
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -414,6 +438,37 @@ mod tests {
             }
         );
         assert_eq!(stored_events_by_id(&store).await, sorted_by_id(&events));
+    }
+
+    #[tokio::test]
+    async fn full_batch_is_written_before_the_flush_interval() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = sqlite_store(dir.path()).await;
+        let (sink, writer) = usage_channel(1000, open_journal(dir.path()));
+        let options = WriterOptions {
+            batch_size: 10,
+            flush_interval: Duration::from_secs(3600),
+            replay_interval: Duration::from_secs(3600),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(writer.run(store.clone(), options, async {
+            let _ = stopped.await;
+        }));
+
+        // Nine events stay queued: no batch is full and the flush timer is an hour away.
+        for n in 0..9 {
+            sink.record(sample_event(n));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(store.count_usage_events().await.expect("count"), 0);
+        // The tenth fills the batch and wakes the writer.
+        sink.record(sample_event(9));
+        tokio::time::timeout(Duration::from_secs(10), wait_for_usage_count(&store, 10))
+            .await
+            .expect("a full batch is written without waiting for the timer");
+        let _ = stop.send(());
+        task.await.expect("writer task");
+        assert_eq!(sink.stats().written, 10);
     }
 
     #[tokio::test]

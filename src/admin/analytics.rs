@@ -12,8 +12,8 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use super::{error, AdminState};
-use crate::analytics::alert::{check_budget_alert, project_budget};
-use crate::analytics::month::{month_bounds, project_forecast};
+use crate::analytics::alert::{check_budget_alert, forecast_project};
+use crate::analytics::month::month_bounds;
 use crate::analytics::query::{parse_bound, savings, timestamp, usage_json, Range};
 use crate::analytics::rollup::{Granularity, DAY_MS, HOUR_MS};
 use crate::store::rollups::GroupBy;
@@ -134,7 +134,7 @@ async fn project_savings(State(state): State<AdminState>, Path(id): Path<String>
     }
 }
 
-/// Projects the current month. Computing a forecast also sets the projected-spend gauge and
+/// Projects the current month in the project's time zone. Computing a forecast also sets the projected-spend gauge and
 /// raises the budget alert when it is due, as the periodic forecast does.
 async fn forecast(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
     let (store, project) = match resolve(&state, &id).await {
@@ -143,9 +143,8 @@ async fn forecast(State(state): State<AdminState>, Path(id): Path<String>) -> Re
     };
     let now_ms = chrono::Utc::now().timestamp_millis();
     let result = async {
-        let budget = project_budget(&store, &state.config.load(), &project).await?;
-        let forecast = project_forecast(&store, &project.id, now_ms, budget).await?;
-        check_budget_alert(&store, &forecast).await?;
+        let forecast = forecast_project(&store, &state.config.load(), &project, now_ms).await?;
+        check_budget_alert(&store, &state.alerts, &forecast).await?;
         anyhow::Ok(forecast)
     }
     .await;

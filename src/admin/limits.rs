@@ -9,28 +9,15 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::{error, AdminState};
+use super::{error, find_project, AdminState};
 use crate::alerts::dedup::list_alerts;
-use crate::store::{Project, Store};
 
 pub fn routes() -> Router<AdminState> {
     Router::new().route("/admin/projects/{id}/alerts", get(alerts)).route("/admin/projects/{id}/limits", get(limits))
 }
 
-/// Finds the project, or returns the error response to send.
-async fn find(state: &AdminState, id: &str) -> Result<(Store, Project), Response> {
-    let Some(store) = state.store.clone() else {
-        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "The admin listener has no database connection."));
-    };
-    match store.find_project(id).await {
-        Ok(Some(project)) => Ok((store, project)),
-        Ok(None) => Err(error(StatusCode::NOT_FOUND, "project_not_found", &format!("Project {id:?} not found."))),
-        Err(e) => Err(error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", &format!("Failed to look up the project: {e}"))),
-    }
-}
-
 async fn alerts(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
-    let (store, project) = match find(&state, &id).await {
+    let (store, project) = match find_project(&state, &id).await {
         Ok(found) => found,
         Err(response) => return response,
     };
@@ -41,7 +28,7 @@ async fn alerts(State(state): State<AdminState>, Path(id): Path<String>) -> Resp
 }
 
 async fn limits(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
-    let (_, project) = match find(&state, &id).await {
+    let (_, project) = match find_project(&state, &id).await {
         Ok(found) => found,
         Err(response) => return response,
     };

@@ -2,6 +2,7 @@
 //! `/metrics` (behind the admin token; `/metrics` may be opened by config).
 
 mod analytics;
+mod cache;
 mod dashboard;
 mod limits;
 mod routing;
@@ -35,6 +36,8 @@ pub struct AdminState {
     pub usage: UsageSink,
     pub journal: Arc<Journal>,
     pub limits: Arc<crate::limits::Limiter>,
+    /// The alert channel, for the budget alert that a forecast raises.
+    pub alerts: crate::alerts::AlertSink,
     /// Provider health and the projects' own provider keys.
     pub routing: crate::routing::Routing,
     /// `None` while the admin service has not connected to the store yet.
@@ -47,6 +50,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .merge(analytics::routes())
+        .merge(cache::routes())
         .merge(limits::routes())
         .merge(routing::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -56,6 +60,21 @@ pub fn router(state: AdminState) -> Router {
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
     let body = json!({"error": {"message": message, "type": "invalid_request_error", "code": code}});
     (status, Json(body)).into_response()
+}
+
+/// Finds a project by id or name, with the store that holds it, or returns the error response to send.
+async fn find_project(state: &AdminState, id: &str) -> Result<(crate::store::Store, crate::store::Project), Response> {
+    let Some(store) = state.store.clone() else {
+        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "The admin listener has no database connection."));
+    };
+    match store.find_project(id).await {
+        Ok(Some(project)) => Ok((store, project)),
+        Ok(None) => Err(error(StatusCode::NOT_FOUND, "project_not_found", &format!("Project {id:?} not found."))),
+        Err(e) => {
+            tracing::error!(project = id, error = %format!("{e:#}"), "failed to look up a project for the admin API");
+            Err(error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", &format!("Failed to look up the project: {e:#}")))
+        }
+    }
 }
 
 /// Checks `Authorization: Bearer TOKEN` against the configured admin token in constant time.

@@ -7,8 +7,11 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use chrono_tz::Tz;
+
 use super::alert::check_budget_alert;
 use super::month::project_forecast;
+use crate::alerts::{alert_channel, Alert};
 use super::rollup::{aggregate, Granularity, RollupKey, RollupValues, Rollups, DAY_MS, HOUR_MS, LATENCY_BOUNDS_MS};
 use crate::accounting::journal::Journal;
 use crate::accounting::UsageEvent;
@@ -43,7 +46,7 @@ macro_rules! dialect_tests {
     };
 }
 
-dialect_tests!(rollups_match_random_events, budget_alert_fires_once, busy_month_query_time);
+dialect_tests!(rollups_match_random_events, budget_alert_fires_once, forecast_in_project_time_zone, busy_month_query_time);
 
 /// 2026-11-30T20:00:00Z: random events span the end of November and the start of December.
 const WINDOW_START_MS: i64 = 1_796_068_800_000;
@@ -175,17 +178,78 @@ async fn budget_alert_fires_once(store: &Store, _dir: &std::path::Path) {
     store.insert_usage_events(&events).await.expect("insert events");
 
     // Spending 10 a day, December ends near 310, far above a budget of 50.
-    let forecast = project_forecast(store, &project.id, now, Some(50.0)).await.expect("forecast");
+    let (sink, mut receiver) = alert_channel();
+    let forecast = project_forecast(store, &project.id, now, Some(50.0), Tz::UTC).await.expect("forecast");
     assert!(forecast.projected_budget_exceeded, "{forecast:?}");
-    assert!(check_budget_alert(store, &forecast).await.expect("first check"));
-    assert!(!check_budget_alert(store, &forecast).await.expect("second check"));
+    assert!(check_budget_alert(store, &sink, &forecast).await.expect("first check"));
+    assert!(!check_budget_alert(store, &sink, &forecast).await.expect("second check"));
     let alerts = store.list_alerts(&project.id).await.expect("list alerts");
     assert_eq!(alerts.len(), 1);
     assert_eq!(alerts[0].0, format!("projected_budget_exceeded:{}:2026-12", project.id));
 
-    let generous = project_forecast(store, &project.id, now, Some(10_000.0)).await.expect("forecast");
+    // Only the first check hands the alert to the alert channel.
+    let Ok(Alert::ProjectedBudgetExceeded(sent)) = receiver.try_recv() else { panic!("no budget alert in the alert channel") };
+    assert_eq!(sent.id, alerts[0].0);
+    assert_eq!(sent.project_id, project.id);
+    assert_eq!(sent.month, "2026-12");
+    assert_eq!(sent.budget_usd, 50.0);
+    assert_eq!(sent.projected_month_end_usd, forecast.projected_month_end_usd);
+    assert!(sent.interval.lower_usd > 50.0);
+    assert!(receiver.try_recv().is_err(), "a second alert reached the channel");
+
+    let generous = project_forecast(store, &project.id, now, Some(10_000.0), Tz::UTC).await.expect("forecast");
     assert!(!generous.projected_budget_exceeded);
     assert!(generous.projected_budget_exhaustion_date.is_none());
+    assert!(!check_budget_alert(store, &sink, &generous).await.expect("check under budget"));
+    assert!(receiver.try_recv().is_err(), "an alert for a forecast under budget");
+}
+
+/// Checks that the forecast of a project in Asia/Tokyo (UTC+9) counts its month and days from
+/// Tokyo's midnight, summing the hourly rollups.
+async fn forecast_in_project_time_zone(store: &Store, _dir: &std::path::Path) {
+    let project = store.create_project("tokyo", "pro").await.expect("create project");
+    let tokyo: Tz = "Asia/Tokyo".parse().expect("zone");
+    // 2026-12-02T03:00 in Tokyo.
+    let now = 1_796_148_000_000; // 2026-12-01T18:00:00Z
+    let event = |id: &str, created_at_ms: i64, cost_usd: f64| UsageEvent {
+        id: id.into(),
+        project_id: project.id.clone(),
+        created_at_ms,
+        cost_usd,
+        potential_cost_usd: cost_usd,
+        cache_status: "none".into(),
+        status: 200,
+        ..UsageEvent::default()
+    };
+    let december_tokyo = 1_796_050_800_000; // 2026-11-30T15:00:00Z, midnight of December 1 in Tokyo
+    let events = [
+        // November 30 in Tokyo and in UTC: history, not this month's spend.
+        event("nov-30", december_tokyo - HOUR_MS, 4.0),
+        // December 1 in Tokyo, still November 30 in UTC.
+        event("dec-1-early", december_tokyo + 30 * 60_000, 1.0),
+        event("dec-1-late", december_tokyo + 20 * HOUR_MS, 2.0),
+        // Today in Tokyo, December 1 in UTC.
+        event("dec-2", now - HOUR_MS, 0.5),
+    ];
+    store.insert_usage_events(&events).await.expect("insert events");
+
+    let forecast = project_forecast(store, &project.id, now, Some(1.0), tokyo).await.expect("forecast");
+    assert_eq!(forecast.month, "2026-12");
+    assert_eq!(forecast.time_zone, "Asia/Tokyo");
+    assert!((forecast.spend_so_far_usd - 3.5).abs() < 1e-9, "{}", forecast.spend_so_far_usd);
+    assert!((forecast.spend_today_usd - 0.5).abs() < 1e-9, "{}", forecast.spend_today_usd);
+    let daily: Vec<(&str, f64)> = forecast.daily.iter().map(|day| (day.date.as_str(), day.cost_usd)).collect();
+    assert_eq!(daily, [("2026-12-01", 3.0), ("2026-12-02", 0.5)]);
+    assert_eq!(forecast.history_days, 2);
+    assert_eq!(forecast.forecast_daily.len(), 30);
+    // The measured spend of December 1 already exceeds the budget.
+    assert_eq!(forecast.projected_budget_exhaustion_date.as_deref(), Some("2026-12-01"));
+
+    // In UTC, December started 9 hours later, so it holds only the 2.5 spent since then.
+    let utc = project_forecast(store, &project.id, now, Some(1.0), Tz::UTC).await.expect("forecast");
+    assert_eq!(utc.month, "2026-12");
+    assert!((utc.spend_so_far_usd - 2.5).abs() < 1e-9, "{}", utc.spend_so_far_usd);
+    assert_eq!(utc.daily.len(), 1);
 }
 
 /// Seeds the rollups of one busy month: 10 million events spread over 744 hours and 96

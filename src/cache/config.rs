@@ -79,9 +79,8 @@ impl Default for RawSemantic {
 /// that it was chosen on.
 pub const DEFAULT_THRESHOLD: f32 = 0.85;
 
-/// One project's overrides; an absent field keeps the `cache` section's value.
-// NOTE: these overrides come from the config file only; there is no database table or command
-// for them yet, so changing one means editing the file (it reloads live).
+/// One project's overrides; an absent field keeps the `cache` section's value. Overrides in the
+/// store (`watchllm cache set`, the admin API) win over these, as `overrides` describes.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawProjectCache {
@@ -124,9 +123,20 @@ pub struct ProjectCache {
 }
 
 impl CacheSettings {
-    /// Returns the settings of a project, found by name first and then by id.
+    /// Returns the settings of a project from the config alone, found by name first and then by
+    /// id. `overrides::resolve` adds the store's overrides.
     pub fn project(&self, name: &str, id: &str) -> ProjectCache {
-        let found = self.projects.get(name).or_else(|| self.projects.get(id)).copied().unwrap_or(self.defaults);
+        self.limit_to_global(self.configured(name, id))
+    }
+
+    /// Returns the project's entry in `cache.projects`, or the defaults, before the global switches.
+    pub fn configured(&self, name: &str, id: &str) -> ProjectCache {
+        self.projects.get(name).or_else(|| self.projects.get(id)).copied().unwrap_or(self.defaults)
+    }
+
+    /// Turns the cache off when `cache.enabled` is off, and the semantic cache when either switch
+    /// or the project's own `enabled` is off.
+    pub fn limit_to_global(&self, found: ProjectCache) -> ProjectCache {
         ProjectCache { enabled: found.enabled && self.enabled, semantic: found.semantic && self.semantic_enabled && found.enabled && self.enabled, ..found }
     }
 

@@ -9,6 +9,7 @@ use tracing::debug;
 use super::entry::{answer_from_json, answer_from_stream, Answer, CachedEntry, Rejection, TokenCounts};
 use super::guard::{salient, Salient};
 use super::key::request_keys;
+use super::overrides::resolve;
 use super::policy::{effective_threshold, request_directives, requested_choices};
 use super::state::{CacheState, CacheStatus, HitRecord};
 use super::store::SemanticOutcome;
@@ -47,7 +48,8 @@ impl ResponseCache {
         if !request.chat {
             return None;
         }
-        let project = request.settings.project(request.project_name, request.project_id);
+        let overrides = self.overrides.load();
+        let project = resolve(request.settings, overrides.get(request.project_id), request.project_name, request.project_id);
         if !project.enabled {
             return None;
         }

@@ -51,6 +51,22 @@ fn usearch_error(error: impl std::fmt::Display) -> IndexError {
     IndexError::Usearch(error.to_string())
 }
 
+/// HNSW settings of every namespace's index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexSettings {
+    /// Neighbours per node on the upper layers (twice as many on the base layer).
+    pub connectivity: usize,
+    /// Candidates kept while a vector is inserted.
+    pub expansion_add: usize,
+    /// Candidates kept during a search. A higher value finds the true nearest entry more often
+    /// and costs more distance computations.
+    pub expansion_search: usize,
+}
+
+/// usearch 2.26's defaults (16, 128 and 64). `benches/cache_index.rs` measures their latency
+/// and recall at 100,000 entries; docs/BENCHMARKS.md records the figures.
+pub const INDEX_SETTINGS: IndexSettings = IndexSettings { connectivity: 16, expansion_add: 128, expansion_search: 64 };
+
 pub struct VectorIndex {
     dimensions: usize,
     quantization: Quantization,
@@ -67,9 +83,9 @@ impl VectorIndex {
             dimensions: self.dimensions,
             metric: MetricKind::Cos,
             quantization: self.quantization.scalar_kind(),
-            connectivity: 0,
-            expansion_add: 0,
-            expansion_search: 0,
+            connectivity: INDEX_SETTINGS.connectivity,
+            expansion_add: INDEX_SETTINGS.expansion_add,
+            expansion_search: INDEX_SETTINGS.expansion_search,
             multi: false,
         }
     }
@@ -110,6 +126,14 @@ impl VectorIndex {
             namespaces.remove(namespace);
         }
         Ok(())
+    }
+
+    /// Changes the search expansion of every namespace present; later namespaces use
+    /// [`INDEX_SETTINGS`]. The index benchmark uses it to compare latency and recall.
+    pub fn set_expansion_search(&self, expansion: usize) {
+        if let Ok(namespaces) = self.namespaces.read() {
+            namespaces.values().for_each(|index| index.change_expansion_search(expansion));
+        }
     }
 
     /// Returns the number of vectors and the bytes of memory the index uses.
@@ -162,6 +186,9 @@ impl VectorIndex {
             let serialized = reader.take(length).ok_or_else(|| invalid("truncated"))?;
             let restored = Index::new(&index.options()).map_err(usearch_error)?;
             restored.load_from_buffer(serialized).map_err(usearch_error)?;
+            // The file's header does not carry the expansion settings.
+            restored.change_expansion_add(INDEX_SETTINGS.expansion_add);
+            restored.change_expansion_search(INDEX_SETTINGS.expansion_search);
             namespaces.insert(namespace, restored);
         }
         *index.namespaces.write().map_err(|_| IndexError::Usearch("lock poisoned".into()))? = namespaces;
@@ -243,6 +270,11 @@ mod tests {
             assert_eq!(restored.stats().0, 50);
             let found = restored.search(&[1; 32], &unit(4), 1).unwrap();
             assert_eq!(found[0].0, 4, "{quantization:?}");
+            let namespaces = restored.namespaces.read().unwrap();
+            for index in namespaces.values() {
+                assert_eq!(index.expansion_search(), INDEX_SETTINGS.expansion_search);
+                assert_eq!(index.connectivity(), INDEX_SETTINGS.connectivity);
+            }
         }
     }
 

@@ -11,6 +11,7 @@ pub mod flow;
 pub mod guard;
 pub mod index;
 pub mod key;
+pub mod overrides;
 pub mod policy;
 pub mod replay;
 pub mod respond;
@@ -27,21 +28,25 @@ use crate::embed::{check_model_dir, EmbedPool, Embedder, PoolOptions, DIMENSIONS
 use crate::metrics::Metrics;
 pub use config::{CacheSettings, ProjectCache};
 pub use state::{CacheState, CacheStatus};
+use overrides::SharedOverrides;
 use store::{CacheStore, StoreOptions};
 
-/// The running cache: its store, the embedding pool when the semantic cache is on, and the
-/// runtime on which the store's disk work and the index saves run.
+/// The running cache: its store, the embedding pool when the semantic cache is on, the
+/// per-project overrides from the database, and the runtime on which the store's disk work, the
+/// index saves and the overrides' reload run.
 pub struct ResponseCache {
     store: Arc<CacheStore>,
     embed: Option<EmbedPool>,
+    overrides: SharedOverrides,
     runtime: tokio::runtime::Runtime,
     metrics: Arc<Metrics>,
 }
 
 impl ResponseCache {
     /// Opens the cache at start-up, or returns `None` when `cache.enabled` is off. Fails when the
-    /// semantic cache is on and the model is missing, naming the directory and the install command.
-    pub fn start(settings: &CacheSettings, metrics: Arc<Metrics>) -> anyhow::Result<Option<Arc<ResponseCache>>> {
+    /// semantic cache is on and the model is missing, naming the directory and the install command,
+    /// or when the per-project overrides cannot be read from the database at `database_url`.
+    pub fn start(settings: &CacheSettings, database_url: &str, metrics: Arc<Metrics>) -> anyhow::Result<Option<Arc<ResponseCache>>> {
         if !settings.enabled {
             return Ok(None);
         }
@@ -77,6 +82,18 @@ impl ResponseCache {
         let store = Arc::new(store);
         runtime.spawn(maintain(store.clone(), metrics.clone(), settings.index_save_interval));
 
+        // The overrides are read before the proxy serves, so that no request is served with the
+        // config's settings alone, and then polled.
+        let overrides = SharedOverrides::default();
+        let database = runtime
+            .block_on(async {
+                let database = crate::store::Store::connect(database_url).await?;
+                overrides::refresh(&database, &overrides).await?;
+                anyhow::Ok(database)
+            })
+            .context("failed to load the per-project cache settings from the database")?;
+        runtime.spawn(overrides::keep_current(database, overrides.clone()));
+
         let embed = match embedder {
             Some(embedder) => {
                 let options = PoolOptions { threads: settings.threads, max_batch: settings.max_batch, queue_capacity: settings.queue_capacity };
@@ -85,8 +102,8 @@ impl ResponseCache {
             None => None,
         };
         let stats = store.stats();
-        info!(dir = %settings.dir.display(), vectors = stats.vectors, semantic = embed.is_some(), "response cache ready");
-        Ok(Some(Arc::new(ResponseCache { store, embed, runtime, metrics })))
+        info!(dir = %settings.dir.display(), vectors = stats.vectors, semantic = embed.is_some(), overrides = overrides.load().len(), "response cache ready");
+        Ok(Some(Arc::new(ResponseCache { store, embed, overrides, runtime, metrics })))
     }
 
     /// Saves the index and closes the store; called once at shutdown.

@@ -23,6 +23,7 @@ pub fn run(command: Command) -> i32 {
         Command::Usage { action } => usage(action),
         Command::Rollup { action } => super::rollup::run(action),
         Command::ProviderKey { action } => super::provider_keys::run(action),
+        Command::Cache { action } => super::cache_settings::run(action),
         Command::MockUpstream { listen, latency_ms, chunk_delay_ms } => mock_upstream(&listen, latency_ms, chunk_delay_ms),
     };
     match result {
@@ -34,7 +35,7 @@ pub fn run(command: Command) -> i32 {
     }
 }
 
-fn load(arg: &ConfigArg) -> anyhow::Result<LoadedConfig> {
+pub(super) fn load(arg: &ConfigArg) -> anyhow::Result<LoadedConfig> {
     load_config(&arg.config).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
@@ -77,7 +78,7 @@ fn check_config(arg: &ConfigArg) -> i32 {
 }
 
 /// Runs `work` against the configured store on a small runtime, after applying migrations.
-fn with_store<F, Fut>(arg: &ConfigArg, work: F) -> anyhow::Result<()>
+pub(super) fn with_store<F, Fut>(arg: &ConfigArg, work: F) -> anyhow::Result<()>
 where
     F: FnOnce(Store) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
@@ -98,7 +99,7 @@ where
     })
 }
 
-fn print_json_line(value: &impl serde::Serialize) -> anyhow::Result<()> {
+pub(super) fn print_json_line(value: &impl serde::Serialize) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, value)?;
     writeln!(out)?;

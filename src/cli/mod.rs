@@ -1,5 +1,6 @@
 //! The `watchllm` command line.
 
+mod cache_settings;
 mod manage;
 pub mod provider_keys;
 mod rollup;
@@ -54,6 +55,11 @@ pub enum Command {
     ProviderKey {
         #[command(subcommand)]
         action: provider_keys::ProviderKeyAction,
+    },
+    /// Show and change a project's response cache settings in the store.
+    Cache {
+        #[command(subcommand)]
+        action: cache_settings::CacheAction,
     },
     /// Run an OpenAI-compatible fake provider, for demos, tests and benchmarks.
     MockUpstream {

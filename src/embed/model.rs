@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer};
+use tokenizers::{Encoding, Tokenizer};
 
 /// Dimensions of an all-MiniLM-L6-v2 embedding.
 pub const DIMENSIONS: usize = 384;
@@ -70,10 +70,10 @@ impl Embedder {
         let config: Config = serde_json::from_str(&config_text).map_err(|e| fail(format!("invalid config.json: {e}")))?;
 
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| fail(format!("invalid tokenizer.json: {e}")))?;
-        // The shipped tokenizer pads every input to 128 tokens and cuts longer ones; a batch is
-        // padded only to its longest input instead, and long inputs are detected rather than cut.
-        let padding = PaddingParams { strategy: PaddingStrategy::BatchLongest, ..tokenizer.get_padding().cloned().unwrap_or_default() };
-        tokenizer.with_padding(Some(padding));
+        // The shipped tokenizer pads every input to 128 tokens and cuts longer ones. Here the
+        // tokenizer neither pads nor cuts: `forward` pads a batch to its longest input, and long
+        // inputs are detected rather than cut.
+        tokenizer.with_padding(None);
         tokenizer.with_truncation(None).map_err(|e| fail(format!("cannot turn off truncation: {e}")))?;
 
         let weights = std::fs::read(dir.join("model.safetensors")).map_err(|e| fail(format!("cannot read model.safetensors: {e}")))?;
@@ -87,18 +87,21 @@ impl Embedder {
     pub fn embed_batch(&self, texts: &[&str]) -> Vec<Result<Vec<f32>, EmbedError>> {
         let mut results: Vec<Option<Result<Vec<f32>, EmbedError>>> = texts.iter().map(|_| None).collect();
         let mut accepted = Vec::new();
+        let mut encodings = Vec::new();
         for (i, text) in texts.iter().enumerate() {
             match self.tokenizer.encode(*text, true) {
                 Ok(encoding) if encoding.len() > self.max_tokens => {
                     results[i] = Some(Err(EmbedError::TooLong { tokens: encoding.len(), max: self.max_tokens }))
                 }
-                Ok(_) => accepted.push(i),
+                Ok(encoding) => {
+                    accepted.push(i);
+                    encodings.push(encoding);
+                }
                 Err(e) => results[i] = Some(Err(EmbedError::Inference(e.to_string()))),
             }
         }
         if !accepted.is_empty() {
-            let batch: Vec<&str> = accepted.iter().map(|&i| texts[i]).collect();
-            match self.forward(&batch) {
+            match self.forward(&encodings) {
                 Ok(vectors) => {
                     for (i, vector) in accepted.iter().zip(vectors) {
                         results[*i] = Some(Ok(vector));
@@ -114,21 +117,27 @@ impl Embedder {
         results.into_iter().map(|r| r.unwrap_or(Err(EmbedError::Unavailable))).collect()
     }
 
+    /// Returns the number of tokens of `text`, the two special tokens included.
+    pub fn token_count(&self, text: &str) -> Result<usize, EmbedError> {
+        self.tokenizer.encode(text, true).map(|encoding| encoding.len()).map_err(|e| EmbedError::Inference(e.to_string()))
+    }
+
     /// Embeds one text.
     pub fn embed(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
         self.embed_batch(&[text]).pop().unwrap_or(Err(EmbedError::Unavailable))
     }
 
-    fn forward(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, String> {
-        let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| e.to_string())?;
-        let length = encodings.first().map(|e| e.len()).unwrap_or(0);
-        let mut ids = Vec::with_capacity(texts.len() * length);
-        let mut mask = Vec::with_capacity(texts.len() * length);
-        for encoding in &encodings {
-            ids.extend(encoding.get_ids().iter().copied());
-            mask.extend(encoding.get_attention_mask().iter().copied());
+    /// Runs the model on the encodings, padded to the longest with the pad id 0 and a mask of 0.
+    fn forward(&self, encodings: &[Encoding]) -> Result<Vec<Vec<f32>>, String> {
+        let length = encodings.iter().map(Encoding::len).max().unwrap_or(0);
+        let mut ids = vec![0u32; encodings.len() * length];
+        let mut mask = vec![0u32; encodings.len() * length];
+        for (row, encoding) in encodings.iter().enumerate() {
+            let start = row * length;
+            ids[start..start + encoding.len()].copy_from_slice(encoding.get_ids());
+            mask[start..start + encoding.len()].copy_from_slice(encoding.get_attention_mask());
         }
-        let shape = (texts.len(), length);
+        let shape = (encodings.len(), length);
         let run = || -> candle_core::Result<Vec<Vec<f32>>> {
             let input_ids = Tensor::from_vec(ids, shape, &self.device)?;
             let attention = Tensor::from_vec(mask, shape, &self.device)?;

@@ -160,11 +160,7 @@ impl Store {
 
     /// Returns a counter that changes whenever a provider key is set, deleted or re-encrypted.
     pub async fn provider_keys_version(&self) -> Result<i64> {
-        const SQL: &str = "SELECT value FROM meta WHERE key = 'provider_keys_version'";
-        let version: Option<i64> = with_pool!(self, pool => {
-            sqlx::query_scalar(SQL).fetch_optional(pool).await.context("failed to read the provider keys version")?
-        });
-        version.context("the meta table has no provider_keys_version row; run the migrations")
+        self.meta_version("provider_keys_version").await
     }
 
     /// Replaces every record with its re-encrypted form in one transaction: all of them or none.

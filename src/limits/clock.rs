@@ -79,6 +79,12 @@ impl Month {
 /// skips midnight, the month starts at the first local time that exists after it.
 fn local_midnight_ms(zone: Tz, year: i32, month: u32) -> i64 {
     let Some(date) = NaiveDate::from_ymd_opt(year, month, 1) else { return i64::MAX };
+    local_day_start_ms(zone, date)
+}
+
+/// Returns the instant at which `date` starts in `zone`: local midnight, or where a time-zone
+/// change skips midnight, the first full local hour that exists after it.
+pub fn local_day_start_ms(zone: Tz, date: NaiveDate) -> i64 {
     for hour in 0..4 {
         let Some(naive) = date.and_hms_opt(hour, 0, 0) else { continue };
         match zone.from_local_datetime(&naive) {
@@ -89,6 +95,11 @@ fn local_midnight_ms(zone: Tz, year: i32, month: u32) -> i64 {
     }
     // No zone skips four hours; fall back to UTC midnight.
     Utc.from_utc_datetime(&date.and_hms_opt(0, 0, 0).unwrap_or_default()).timestamp_millis()
+}
+
+/// Returns the calendar date in `zone` of the instant `ms`.
+pub fn local_date(ms: i64, zone: Tz) -> NaiveDate {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default().with_timezone(&zone).date_naive()
 }
 
 /// Whole seconds from `now_ms` until `until_ms`, at least 1, as `Retry-After` states them.

@@ -9,14 +9,12 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use super::quota::AlertCandidate;
 use super::sync::{rebuild, reconcile, seed_shared, MonthUsage};
 use super::Limiter;
 use crate::accounting::journal::Journal;
-use crate::alerts::{run_dispatcher, AlertSink};
+use crate::alerts::{run_dispatcher, AlertReceiver, AlertSink};
 use crate::config::RuntimeConfig;
 use crate::store::Store;
 
@@ -41,12 +39,12 @@ pub struct LimitsService {
     limiter: Arc<Limiter>,
     config: Arc<ArcSwap<RuntimeConfig>>,
     alerts: AlertSink,
-    receiver: Mutex<Option<mpsc::Receiver<AlertCandidate>>>,
+    receiver: Mutex<Option<AlertReceiver>>,
     rebuilt: Mutex<Vec<MonthUsage>>,
 }
 
 impl LimitsService {
-    pub fn new(limiter: Arc<Limiter>, config: Arc<ArcSwap<RuntimeConfig>>, alerts: AlertSink, receiver: mpsc::Receiver<AlertCandidate>, rebuilt: Vec<MonthUsage>) -> Self {
+    pub fn new(limiter: Arc<Limiter>, config: Arc<ArcSwap<RuntimeConfig>>, alerts: AlertSink, receiver: AlertReceiver, rebuilt: Vec<MonthUsage>) -> Self {
         LimitsService { limiter, config, alerts, receiver: Mutex::new(Some(receiver)), rebuilt: Mutex::new(rebuilt) }
     }
 }

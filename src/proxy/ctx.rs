@@ -72,7 +72,8 @@ pub struct RequestCtx {
 impl RequestCtx {
     pub fn new(in_flight: InFlight) -> Self {
         RequestCtx {
-            id: uuid::Uuid::new_v4().to_string(),
+            // Time-ordered (version 7), so that usage rows are appended at the end of the id index.
+            id: uuid::Uuid::now_v7().to_string(),
             _in_flight: in_flight,
             started: Instant::now(),
             started_at_ms: chrono::Utc::now().timestamp_millis(),

@@ -15,7 +15,7 @@ use super::ctx::{InFlight, RequestCtx};
 use super::respond::{send_error_with_headers, send_json, REQUEST_ID_HEADER};
 use super::Gateway;
 use crate::accounting::outcome::{usage_event, RequestOutcome};
-use crate::accounting::{SseScanner, Usage};
+use crate::accounting::{ResponseSummary, SseScanner};
 use crate::auth::extract_api_key;
 use crate::error::GatewayError;
 use crate::metrics::RequestLabels;
@@ -82,11 +82,11 @@ impl Gateway {
         let body = decode_body(raw, encoding, limit)?;
 
         // Validation and the route for the requested model.
-        let model = super::request::parse_request(endpoint, &body)?["model"].as_str().unwrap_or_default().to_string();
+        let parsed = super::request::parse_request(endpoint, &body)?;
         // The experiment variant and the providers to try; the body is prepared for the first one.
-        let key_id = ctx.key.as_ref().map(|k| k.key_id.clone()).unwrap_or_default();
+        let key_id = ctx.key.as_ref().map(|k| k.key_id.as_str()).unwrap_or_default();
         let headers = &session.req_header().headers;
-        let (route, prepared, plan) = crate::routing::select::plan_request(&self.routing, &config, endpoint, &model, body, headers, &key_id)?;
+        let (route, prepared, plan) = crate::routing::select::plan_request(&self.routing, &config, endpoint, body, parsed, headers, key_id)?;
         // Quotas and rate limits, before any upstream work.
         self.admit_limits(ctx, &config, &prepared.json, endpoint == Endpoint::Embeddings, route.price)?;
         ctx.route = Some(route);
@@ -104,18 +104,21 @@ impl Gateway {
             .or(ctx.error.as_ref().map(|e| e.status.as_u16()))
             .unwrap_or(0);
 
+        // A JSON body is parsed once, for its usage, an error field and, without usage, its text.
+        let summary = match &ctx.sse {
+            None if !ctx.response_body_overflow => ResponseSummary::read(&ctx.response_body),
+            _ => ResponseSummary::default(),
+        };
         let reported = match &ctx.sse {
             Some(scanner) => scanner.usage,
-            None if !ctx.response_body_overflow => Usage::from_response_body(&ctx.response_body),
-            None => None,
+            None => summary.usage,
         };
-        // The text only feeds the estimate for a response without usage, so it is built only then.
+        // The text only feeds the estimate for a response without usage.
         let completion_text = match (&ctx.sse, reported) {
-            (_, Some(_)) => String::new(),
-            (Some(scanner), None) => scanner.text.clone(),
-            (None, None) => completion_text_of(&ctx.response_body),
+            (Some(scanner), None) => scanner.text.as_str(),
+            _ => summary.text.as_str(),
         };
-        let error_type = error_type(ctx, error, status);
+        let error_type = error_type(ctx, error, status, summary.is_error);
         let route = ctx.route.as_ref();
         let (cache_status, cache_hit) = super::cache::cache_outcome(ctx);
 
@@ -132,11 +135,11 @@ impl Gateway {
             stream: ctx.request.as_ref().is_some_and(|r| r.stream),
             reported,
             request: ctx.request.as_ref().map(|r| &r.json),
-            completion_text: &completion_text,
+            completion_text,
             reached_upstream: ctx.upstream_status.is_some(),
             upstream_error: ctx.upstream_status.is_some_and(|s| s >= 400)
                 || ctx.sse.as_ref().is_some_and(|s| s.error_event)
-                || (ctx.sse.is_none() && reported.is_none() && is_error_body(&ctx.response_body)),
+                || (ctx.sse.is_none() && reported.is_none() && summary.is_error),
             price: route.map(|r| r.price),
             latency_ms: ctx.started.elapsed().as_millis() as i64,
             ttfb_ms: ctx.ttfb.map(|t| t.as_millis() as i64),
@@ -179,24 +182,9 @@ fn models_body(names: &[String], created: i64) -> Vec<u8> {
     serde_json::json!({"object": "list", "data": data}).to_string().into_bytes()
 }
 
-/// Joins the message or text of every choice of a non-streamed response, for a token estimate.
-fn completion_text_of(body: &[u8]) -> String {
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else { return String::new() };
-    let Some(choices) = value.get("choices").and_then(|c| c.as_array()) else { return String::new() };
-    choices
-        .iter()
-        .filter_map(|c| c.pointer("/message/content").or_else(|| c.get("text")).and_then(|t| t.as_str()))
-        .collect::<Vec<_>>()
-        .join("")
-}
-
-/// Returns whether a JSON response body is an error object, as some providers send with status 200.
-fn is_error_body(body: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v.get("error").is_some_and(|e| !e.is_null()))
-}
-
-/// Names what went wrong, for the usage event; `None` for a complete success.
-fn error_type(ctx: &RequestCtx, error: Option<&Error>, status: u16) -> Option<String> {
+/// Names what went wrong, for the usage event; `None` for a complete success. `body_is_error`
+/// says whether a non-streamed JSON body carried an `error` field.
+fn error_type(ctx: &RequestCtx, error: Option<&Error>, status: u16, body_is_error: bool) -> Option<String> {
     if let Some(gateway_error) = &ctx.error {
         return Some(gateway_error.code.to_string());
     }
@@ -212,7 +200,7 @@ fn error_type(ctx: &RequestCtx, error: Option<&Error>, status: u16) -> Option<St
         };
         return Some(kind.to_string());
     }
-    if status < 400 && ctx.sse.is_none() && is_error_body(&ctx.response_body) {
+    if status < 400 && ctx.sse.is_none() && body_is_error {
         return Some("upstream_error_body".into());
     }
     if let Some(scanner) = &ctx.sse {
@@ -231,6 +219,7 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        crate::server::scheduling::request_short_slice_once();
         RequestCtx::new(InFlight::enter(&self.in_flight))
     }
 

@@ -60,7 +60,13 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<Value, GatewayEr
 /// its usage chunk (`stream_options.include_usage`) so that streamed requests can be accounted.
 /// Otherwise the client's bytes go upstream unchanged.
 pub fn prepare_request(endpoint: Endpoint, body: Bytes, upstream_model: Option<&str>) -> Result<PreparedRequest, GatewayError> {
-    let mut json = parse_request(endpoint, &body)?;
+    let json = parse_request(endpoint, &body)?;
+    prepare_parsed(endpoint, body, json, upstream_model)
+}
+
+/// The same as [`prepare_request`] for a body that [`parse_request`] has already parsed into
+/// `json`, so that the request path parses each body once.
+pub fn prepare_parsed(endpoint: Endpoint, body: Bytes, mut json: Value, upstream_model: Option<&str>) -> Result<PreparedRequest, GatewayError> {
     let model = json["model"].as_str().unwrap_or_default().to_string();
     let stream = endpoint.can_stream() && json.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let client_wants_usage = stream && json.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);

@@ -22,7 +22,7 @@ use crate::config::{ModelRoute, Provider, RuntimeConfig};
 use crate::error::{ErrorSource as GatewayErrorSource, GatewayError};
 use crate::keys::Vault;
 use crate::proxy::ctx::RequestCtx;
-use crate::proxy::request::{prepare_request, PreparedRequest};
+use crate::proxy::request::{prepare_parsed, prepare_request, PreparedRequest};
 
 /// Response header naming whose provider key served the request: `byok` or `global`.
 pub const KEY_SOURCE_HEADER: &str = "x-watchllm-key-source";
@@ -76,20 +76,23 @@ pub fn plan_request(
     routing: &Routing,
     config: &RuntimeConfig,
     endpoint: Endpoint,
-    model: &str,
     body: Bytes,
+    parsed: Value,
     headers: &HeaderMap,
     key_id: &str,
 ) -> Result<(ModelRoute, PreparedRequest, RoutePlan), GatewayError> {
+    let model = parsed["model"].as_str().unwrap_or_default().to_string();
+    let model = model.as_str();
     let route = config.route(model).ok_or_else(|| GatewayError::model_not_found(model))?;
     let settings = &config.routing;
 
-    let (route, body, variant, fallback_model) = match settings.experiments.get(model) {
+    // An experiment may rewrite the body, which is then parsed again; otherwise the parsed body is reused.
+    let (route, body, parsed, variant, fallback_model) = match settings.experiments.get(model) {
         Some(experiment) => {
             let (variant, body) = apply_experiment(experiment, body, headers, key_id)?;
-            (variant.route.clone(), body, Some(variant.name.clone()), variant.model.clone())
+            (variant.route.clone(), body, None, Some(variant.name.clone()), variant.model.clone())
         }
-        None => (route.clone(), body, None, model.to_string()),
+        None => (route.clone(), body, Some(parsed), None, model.to_string()),
     };
 
     let mut candidates = vec![Candidate { provider: route.provider.clone(), upstream_model: route.upstream_model.clone() }];
@@ -102,7 +105,10 @@ pub fn plan_request(
     candidates.truncate(settings.max_attempts);
 
     let first = &candidates[0];
-    let prepared = prepare_request(endpoint, body.clone(), Some(&first.upstream_model))?;
+    let prepared = match parsed {
+        Some(parsed) => prepare_parsed(endpoint, body.clone(), parsed, Some(&first.upstream_model))?,
+        None => prepare_request(endpoint, body.clone(), Some(&first.upstream_model))?,
+    };
     let mut route = route;
     route.provider = first.provider.clone();
     route.upstream_model = first.upstream_model.clone();

@@ -1,6 +1,7 @@
 //! Assembling the running gateway: the Pingora server, its proxy service and the background
 //! services for accounting, key refresh and the admin listener.
 
+pub mod scheduling;
 mod services;
 
 use std::net::TcpListener;
@@ -65,7 +66,7 @@ pub fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     let (alert_sink, alert_receiver) = crate::alerts::alert_channel();
     let metrics = Arc::new(Metrics::new(config.metrics_project_label).context("failed to register metrics")?);
     // The response cache opens before Pingora starts: a missing model fails start-up here.
-    let response_cache = crate::cache::ResponseCache::start(&config.cache, metrics.clone())?;
+    let response_cache = crate::cache::ResponseCache::start(&config.cache, &config.database_url, metrics.clone())?;
     metrics.observe_reload(true);
     let routing = crate::routing::service::prepare_routing(&config)?;
     let shared_config = Arc::new(ArcSwap::from(config.clone()));
@@ -107,7 +108,7 @@ pub fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     proxy.threads = Some(config.threads);
 
     let accounting = AccountingService::new(writer, keys, shared_config.clone(), in_flight);
-    let admin = AdminService::new(admin_listener, shared_config.clone(), metrics.clone(), sink, journal, limiter.clone()).with_routing(routing.clone());
+    let admin = AdminService::new(admin_listener, shared_config.clone(), metrics.clone(), sink, journal, limiter.clone(), alert_sink.clone()).with_routing(routing.clone());
     let limits = crate::limits::service::LimitsService::new(limiter, shared_config.clone(), alert_sink, alert_receiver, rebuilt);
     let routing_service = crate::routing::service::RoutingService::new(routing.clone(), shared_config.clone());
     let reload = ReloadService::new(loaded.path.clone(), shared_config, metrics);

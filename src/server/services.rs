@@ -142,6 +142,7 @@ pub struct AdminService {
     usage: UsageSink,
     journal: Arc<Journal>,
     limits: Arc<crate::limits::Limiter>,
+    alerts: crate::alerts::AlertSink,
     routing: crate::routing::Routing,
 }
 
@@ -153,8 +154,9 @@ impl AdminService {
         usage: UsageSink,
         journal: Arc<Journal>,
         limits: Arc<crate::limits::Limiter>,
+        alerts: crate::alerts::AlertSink,
     ) -> Self {
-        AdminService { listener: Mutex::new(Some(listener)), config, metrics, usage, journal, limits, routing: Default::default() }
+        AdminService { listener: Mutex::new(Some(listener)), config, metrics, usage, journal, limits, alerts, routing: Default::default() }
     }
 
     /// Gives the admin routes the proxy's routing state (provider health and keys).
@@ -189,12 +191,13 @@ impl BackgroundService for AdminService {
             usage: self.usage.clone(),
             journal: self.journal.clone(),
             limits: self.limits.clone(),
+            alerts: self.alerts.clone(),
             routing: self.routing.clone(),
             store,
             started: std::time::Instant::now(),
         };
         // Forecasts every project's month-end spend, for the projected-spend gauge and the budget alert.
-        let forecasts = state.store.clone().map(|store| tokio::spawn(crate::analytics::alert::run_forecasts(store, self.config.clone(), self.metrics.clone(), crate::analytics::alert::FORECAST_INTERVAL)));
+        let forecasts = state.store.clone().map(|store| tokio::spawn(crate::analytics::alert::run_forecasts(store, self.config.clone(), self.metrics.clone(), self.alerts.clone(), crate::analytics::alert::FORECAST_INTERVAL)));
         // Serve /health only once the proxy accepts connections, so that a supervisor or a test
         // that waits for /health can send traffic right away. Bounded: after 10 s the admin API
         // starts anyway, and /health/ready keeps reporting the proxy's state.

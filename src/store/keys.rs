@@ -76,15 +76,22 @@ impl Store {
 
     /// Returns a counter that changes whenever a key is created or revoked.
     pub async fn keys_version(&self) -> Result<i64> {
-        const SQL: &str = "SELECT value FROM meta WHERE key = 'keys_version'";
+        self.meta_version("keys_version").await
+    }
+
+    /// Reads one of the change counters of the `meta` table, which writers bump when they change
+    /// the rows it covers, so that readers reload only after a change.
+    pub(crate) async fn meta_version(&self, key: &str) -> Result<i64> {
+        const SQL: &str = "SELECT value FROM meta WHERE key = $1";
 
         let version: Option<i64> = with_pool!(self, pool => {
             sqlx::query_scalar(SQL)
+                .bind(key)
                 .fetch_optional(pool)
                 .await
-                .context("failed to read the keys version")?
+                .with_context(|| format!("failed to read {key} from the meta table"))?
         });
-        version.context("the meta table has no keys_version row; run the migrations")
+        version.with_context(|| format!("the meta table has no {key} row; run the migrations"))
     }
 
     /// Returns every key that is not revoked, with its project's name and plan.

@@ -3,6 +3,7 @@
 //! Both dialects share one schema (`migrations/sqlite` and `migrations/postgres`) and, where
 //! the SQL is the same, one query text: sqlx binds `$1`-style parameters in SQLite too.
 
+pub mod cache_settings;
 mod keys;
 mod projects;
 pub mod rollups;

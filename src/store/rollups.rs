@@ -74,7 +74,9 @@ macro_rules! upsert_rollups {
                     }
                 });
                 builder.push($crate::store::rollups::upsert_clause(table));
-                builder.build().execute(&mut *$conn).await?;
+                // Not kept in the connection's statement cache: the SQL differs with every row
+                // count, and each cached multi-row statement holds its compiled program.
+                builder.build().persistent(false).execute(&mut *$conn).await?;
             }
             Ok::<(), sqlx::Error>(())
         }
@@ -312,6 +314,21 @@ impl Store {
                 .rows_affected()
         });
         Ok(inserted == 1)
+    }
+
+    /// Sets `delivered_at_ms` of the alert stored under `dedup_key`, unless a channel already
+    /// delivered it.
+    pub async fn mark_alert_delivered(&self, dedup_key: &str, at_ms: i64) -> Result<()> {
+        const SQL: &str = "UPDATE analytics_alerts SET delivered_at_ms = $1 WHERE dedup_key = $2 AND delivered_at_ms IS NULL";
+        with_pool!(self, pool => {
+            sqlx::query(SQL)
+                .bind(at_ms)
+                .bind(dedup_key)
+                .execute(pool)
+                .await
+                .with_context(|| format!("failed to mark alert {dedup_key} as delivered"))?;
+        });
+        Ok(())
     }
 
     /// Returns the stored alerts of a project as (dedup_key, kind, period, payload), oldest first.

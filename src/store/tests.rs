@@ -368,3 +368,30 @@ async fn sqlite_connect_settings() {
     store.close().await;
     assert!(store.ping().await.is_err(), "a closed store should fail");
 }
+
+#[tokio::test]
+async fn batch_inserts_leave_no_cached_statements() {
+    use sqlx::Connection;
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = sqlite_store(dir.path()).await;
+    // Every batch length gives another SQL text; each one cached would hold its compiled program.
+    let mut n = 0;
+    for length in 1..=40 {
+        let events: Vec<UsageEvent> = (0..length).map(|_| { n += 1; sample_event(n) }).collect();
+        store.insert_usage_events(&events).await.expect("insert batch");
+    }
+    assert_eq!(store.count_usage_events().await.expect("count"), n);
+    let Store::Sqlite(pool) = &store else { unreachable!("sqlite_store opens SQLite") };
+    // Hold every idle connection at once, so that the one that ran the inserts is among them.
+    let open = pool.size();
+    assert!(open > 0, "the inserts opened a connection");
+    let mut connections = Vec::new();
+    for _ in 0..open {
+        connections.push(pool.acquire().await.expect("acquire an open connection"));
+    }
+    for connection in &mut connections {
+        let cached = connection.cached_statements_size();
+        assert!(cached < 10, "a connection caches {cached} statements after 40 batch lengths");
+    }
+}

@@ -1,17 +1,22 @@
 """Usage analytics end to end: the usage, savings and forecast APIs against the usage events, the
-`rollup rebuild` command, the projected-spend gauge and the budget alert."""
+`rollup rebuild` command, the projected-spend gauge and the budget alert with its webhook."""
 
 from __future__ import annotations
 
 import datetime
+import hashlib
+import hmac
+import json
 import math
 import re
 import secrets
+import time
 
 import pytest
 
 from harness import (
     Gateway,
+    WebhookReceiver,
     database_sql,
     http_request,
     seed_usage_events,
@@ -187,6 +192,81 @@ def test_forecast_gauge_and_budget_alert(gateway_factory) -> None:
     assert alerts[0][0] == f"projected_budget_exceeded:{gateway.project_id}:{over['month']}"
     wait_until(lambda: "projected month-end spend exceeds the budget" in gateway.stderr_text(), 5.0, "alert log line")
     assert gateway.stderr_text().count("projected month-end spend exceeds the budget") == 1
+
+
+def budget_alerts(receiver: WebhookReceiver) -> list[dict]:
+    """Return the bodies of the `projected_budget_exceeded` webhooks that `receiver` received."""
+    bodies = [json.loads(request["body"]) for request in receiver.received()]
+    return [body for body in bodies if body["type"] == "projected_budget_exceeded"]
+
+
+def test_budget_alert_sent_by_webhook(gateway_factory) -> None:
+    secret = "budget-webhook-secret-" + secrets.token_hex(8)
+    receiver = WebhookReceiver()
+    try:
+        overrides = {"alerts": {"webhook": {"url": receiver.url, "initial_backoff_ms": 100}}}
+        gateway = gateway_factory(config_overrides=overrides, environment={**ENVIRONMENT, "WATCHLLM_WEBHOOK_SECRET": secret}, start=False)
+        gateway.track(ADMIN_TOKEN, secret)
+        thrifty = json.loads(gateway.cli("project", "create", "thrifty", "--plan", "enterprise").stdout)["id"]
+
+        # Both projects spent 2 a day for three weeks, and 1 today.
+        today = today_start_ms()
+        rows = []
+        for project_id in (gateway.project_id, thrifty):
+            rows += [usage_event_row(gateway, today - day * DAY_MS + 7_200_000, cost_usd=2.0, project_id=project_id) for day in range(1, 22)]
+            rows.append(usage_event_row(gateway, today + 60_000, cost_usd=1.0, project_id=project_id))
+        seed_usage_events(gateway, rows)
+        gateway.cli("rollup", "rebuild", "--from", date_of(today - 21 * DAY_MS), "--to", date_of(today))
+        gateway.start()
+
+        # The budget of the gateway's project (plan pro) lies below the forecast's lower bound,
+        # and above the spend so far unless the month has no time left for that.
+        spender_path = f"/admin/projects/{gateway.project_id}/forecast"
+        thrifty_path = f"/admin/projects/{thrifty}/forecast"
+        unbudgeted = get_json(gateway, spender_path)
+        so_far, lower = unbudgeted["spend_so_far_usd"], unbudgeted["interval"]["lower_usd"]
+        budget = round((so_far + lower) / 2, 4) if lower - so_far > 0.02 else round(so_far / 2, 4)
+        database_sql(gateway, f"UPDATE plans SET monthly_cost_usd = {budget!r} WHERE name = 'pro'")
+        database_sql(gateway, "UPDATE plans SET monthly_cost_usd = 1000000.0 WHERE name = 'enterprise'")
+
+        for _ in range(3):
+            spender = get_json(gateway, spender_path)
+            assert spender["budget_usd"] == budget
+            assert spender["projected_budget_exceeded"], spender
+            under = get_json(gateway, thrifty_path)
+            assert under["budget_usd"] == 1000000.0
+            assert not under["projected_budget_exceeded"], under
+        wait_until(lambda: budget_alerts(receiver), 10.0, "no projected_budget_exceeded webhook arrived")
+
+        # A restart forecasts every project again; the stored alert keeps it from repeating.
+        gateway.restart()
+        get_json(gateway, spender_path)
+        get_json(gateway, thrifty_path)
+        time.sleep(1.5)
+
+        alerts = budget_alerts(receiver)
+        assert len(alerts) == 1, alerts
+        alert = alerts[0]
+        assert alert["project"] == {"id": gateway.project_id, "name": Gateway.PROJECT_NAME}
+        assert alert["id"] == f"projected_budget_exceeded:{gateway.project_id}:{spender['month']}"
+        assert alert["period"] == spender["month"]
+        assert alert["time_zone"] == "UTC"
+        assert alert["budget_usd"] == budget
+        assert alert["interval"]["lower_usd"] > budget
+        assert math.isclose(alert["spend_so_far_usd"], spender["spend_so_far_usd"], rel_tol=1e-9)
+        assert alert["projected_budget_exhaustion_date"] is not None
+        assert all(json.loads(r["body"])["project"]["id"] != thrifty for r in receiver.received())
+
+        request = [r for r in receiver.received() if json.loads(r["body"])["type"] == "projected_budget_exceeded"][0]
+        expected = "sha256=" + hmac.new(secret.encode(), request["body"], hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(request["headers"]["x-watchllm-signature"], expected)
+
+        stored = database_sql(gateway, "SELECT project_id, delivered_at_ms FROM analytics_alerts")
+        assert len(stored) == 1
+        assert stored[0][0] == gateway.project_id
+        assert stored[0][1] not in (None, "")
+    finally:
+        receiver.close()
 
 
 @pytest.mark.parametrize("page", ["/dashboard", "/dashboard/app.js", "/dashboard/style.css"])

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import http.client
 import json
+import secrets
 import time
 from typing import Any
 
 import pytest
 
-from harness import Gateway, cache_overrides, sse_data, unique_text
+from harness import Gateway, cache_overrides, http_request, sse_data, unique_text
 
 CHAT = "/chat/completions"
+ADMIN_TOKEN = "cache-admin-" + secrets.token_hex(12)
+# Gateways reload the stored cache settings every second; this leaves room for the query and a
+# loaded machine.
+SETTINGS_RELOAD_S = 2.5
 
 
 def chat_body(content: str, **fields: Any) -> dict[str, Any]:
@@ -335,3 +340,161 @@ def test_missing_model_fails_startup(gateway_factory, tmp_path) -> None:
     log = gateway.stderr_text()
     assert str(missing) in log
     assert "scripts/install-model.sh" in log
+
+
+# --- per-project settings in the store ------------------------------------------------------
+
+
+def cache_settings(gateway: Gateway, method: str = "GET", body: Any = None, token: str | None = ADMIN_TOKEN, project: str = Gateway.PROJECT_NAME):
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = body
+    if body is not None and not isinstance(body, bytes):
+        data = json.dumps(body).encode()
+    return http_request(f"{gateway.admin_url}/admin/projects/{project}/cache", method, data, headers)
+
+
+def support_chat(system: str, question: str) -> dict[str, Any]:
+    return {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}]}
+
+
+@pytest.fixture
+def administered(gateway_factory) -> Gateway:
+    gateway = gateway_factory(cache_overrides(), environment={"WATCHLLM_ADMIN_TOKEN": ADMIN_TOKEN})
+    gateway.track(ADMIN_TOKEN)
+    return gateway
+
+
+def test_stored_threshold_turns_semantic_hit_into_miss(administered: Gateway) -> None:
+    before = cache_settings(administered)
+    assert before.status == 200, before.body
+    assert before.json()["override"] is None
+    assert before.json()["effective"]["threshold"] == pytest.approx(0.85)
+
+    # The two questions have a similarity of about 0.87; each context is a separate namespace.
+    question, reworded = "How do I reset my password?", "How can I change my password if I forgot it?"
+    send(administered, support_chat("You are a support agent for a bank.", question))
+    wait_stored(0.5)
+    hit = send(administered, support_chat("You are a support agent for a bank.", reworded))
+    assert hit.headers["x-watchllm-cache"] == "hit-semantic"
+
+    changed = cache_settings(administered, "PATCH", {"threshold": 0.95})
+    assert changed.status == 200, changed.body
+    assert changed.json()["override"]["threshold"] == pytest.approx(0.95)
+    assert changed.json()["effective"]["threshold"] == pytest.approx(0.95)
+    assert changed.json()["config"]["threshold"] == pytest.approx(0.85)
+    time.sleep(SETTINGS_RELOAD_S)
+
+    send(administered, support_chat("You are a support agent for a shop.", question))
+    wait_stored(0.5)
+    strict = send(administered, support_chat("You are a support agent for a shop.", reworded))
+    assert strict.headers["x-watchllm-cache"] == "miss"
+    assert "x-watchllm-cache-similarity" not in strict.headers
+
+    # The request header still cannot lower the threshold below the project's.
+    send(administered, support_chat("You are a support agent for a school.", question))
+    wait_stored(0.5)
+    lowered = send(administered, support_chat("You are a support agent for a school.", reworded), {"x-watchllm-cache-threshold": "0.5"})
+    assert lowered.headers["x-watchllm-cache"] == "miss"
+
+    cleared = cache_settings(administered, "DELETE")
+    assert cleared.status == 200, cleared.body
+    assert cleared.json()["override"] is None
+    time.sleep(SETTINGS_RELOAD_S)
+    send(administered, support_chat("You are a support agent for a hotel.", question))
+    wait_stored(0.5)
+    again = send(administered, support_chat("You are a support agent for a hotel.", reworded))
+    assert again.headers["x-watchllm-cache"] == "hit-semantic"
+
+
+def test_cli_turns_semantic_and_cache_off(administered: Gateway) -> None:
+    shown = json.loads(administered.cli("cache", "set", Gateway.PROJECT_NAME, "--semantic", "false").stdout)
+    assert shown["override"]["semantic"] is False
+    assert shown["effective"]["semantic"] is False
+    assert shown["effective"]["enabled"] is True
+    time.sleep(SETTINGS_RELOAD_S)
+
+    question = chat_body("How do I stop my dog from barking?")
+    first = send(administered, question)
+    assert first.headers["x-watchllm-cache"] == "miss"
+    wait_stored(0.5)
+    reworded = send(administered, chat_body("How can I get my dog to stop barking?"))
+    assert reworded.headers["x-watchllm-cache"] == "miss"
+    assert send(administered, question).headers["x-watchllm-cache"] == "hit-exact"
+
+    administered.cli("cache", "set", Gateway.PROJECT_NAME, "--enabled", "false")
+    time.sleep(SETTINGS_RELOAD_S)
+    upstream_before = administered.mock.request_count()
+    off = send(administered, question)
+    assert off.status == 200
+    assert "x-watchllm-cache" not in off.headers
+    assert administered.mock.request_count() == upstream_before + 1
+
+    shown = json.loads(administered.cli("cache", "clear", Gateway.PROJECT_NAME).stdout)
+    assert shown["override"] is None
+    time.sleep(SETTINGS_RELOAD_S)
+    assert send(administered, question).headers["x-watchllm-cache"] == "hit-exact"
+
+
+def test_stored_ttl_expires_entries(administered: Gateway) -> None:
+    administered.cli("cache", "set", Gateway.PROJECT_NAME, "--ttl-seconds", "1")
+    time.sleep(SETTINGS_RELOAD_S)
+    body = chat_body(unique_text("What is a black hole?"))
+    send(administered, body)
+    wait_stored()
+    assert send(administered, body).headers["x-watchllm-cache"] == "hit-exact"
+    time.sleep(1.5)
+    assert send(administered, body).headers["x-watchllm-cache"] == "miss"
+
+
+def test_store_wins_over_config_entry(gateway_factory) -> None:
+    overrides = cache_overrides(projects={Gateway.PROJECT_NAME: {"threshold": 0.9, "ttl_seconds": 60}})
+    gateway = gateway_factory(overrides, environment={"WATCHLLM_ADMIN_TOKEN": ADMIN_TOKEN})
+    gateway.track(ADMIN_TOKEN)
+    shown = cache_settings(gateway).json()
+    assert shown["effective"]["threshold"] == pytest.approx(0.9)
+    assert shown["effective"]["ttl_seconds"] == 60
+
+    replaced = cache_settings(gateway, "PUT", {"ttl_seconds": 30})
+    assert replaced.status == 200, replaced.body
+    effective = replaced.json()["effective"]
+    assert effective["ttl_seconds"] == 30
+    # The override leaves the threshold to the project's config entry, not the default.
+    assert effective["threshold"] == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"threshold": 0}, "invalid_value"),
+        ({"threshold": 1.5}, "invalid_value"),
+        ({"ttl_seconds": 0}, "invalid_value"),
+        ({"ttl_seconds": -5}, "invalid_json"),
+        ({"treshold": 0.9}, "invalid_json"),
+        ({"enabled": "yes"}, "invalid_json"),
+        (b"not json", "invalid_json"),
+    ],
+)
+def test_invalid_settings_rejected(administered: Gateway, body: Any, code: str) -> None:
+    response = cache_settings(administered, "PATCH", body)
+    assert response.status == 400, response.body
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["type"] == "invalid_request_error"
+    assert error["message"]
+    assert cache_settings(administered).json()["override"] is None
+
+
+def test_settings_route_errors(administered: Gateway) -> None:
+    assert cache_settings(administered, token=None).status == 401
+    missing = cache_settings(administered, project="no-such-project")
+    assert missing.status == 404
+    assert missing.json()["error"]["code"] == "project_not_found"
+
+    rejected = administered.cli("cache", "set", Gateway.PROJECT_NAME, "--threshold", "1.2", check=False)
+    assert rejected.returncode != 0
+    assert "threshold" in rejected.stderr
+    nothing = administered.cli("cache", "set", Gateway.PROJECT_NAME, check=False)
+    assert nothing.returncode != 0
+    assert cache_settings(administered).json()["override"] is None

@@ -171,5 +171,7 @@ def test_error_event_counts_as_failure(gateway_factory, primary_mock: MockUpstre
     for _ in range(2):
         response = gateway.post("/chat/completions", body, {"x-mock-error-in-200": "1"})
         assert response.status == 200
-    assert provider_status(gateway, "primary") == "unhealthy"
+    # The stream's first event is checked in the logging phase, which runs after the client has the
+    # whole response, so the second failure lands a moment after the second request returns.
+    wait_until(lambda: provider_status(gateway, "primary") == "unhealthy", 5, "primary was never marked unhealthy")
     assert served_by(gateway, primary_mock) == "mock"
