@@ -9,13 +9,16 @@
 #   (benches/passthrough.rs, 1 thread) and WatchLLM (threads: 1, SQLite, auth and accounting on).
 # The proxies run on CPU 0; wrk, the stream probe and the mock run on CPU 1.
 # Each target gets the same POST /v1/chat/completions (non-streamed) from wrk, closed loop, at
-# 1 and 32 connections. Then benches/stream_probe.py measures streaming directly and through
-# WatchLLM. The script prints a Markdown table and stops everything it started on exit.
+# 1 and 32 connections. Two more WatchLLM instances, one with limits and one with routing
+# features on, are then measured against the plain one in alternating rounds at 32 connections.
+# Then benches/stream_probe.py measures streaming directly and through WatchLLM. The script
+# prints Markdown tables and stops everything it started on exit.
 #
 # Settings (environment):
 #   BENCH_SECONDS   seconds of each measured wrk run (default 5)
 #   BENCH_NO_BUILD  set to 1 to use the binaries already in target/release
 #   BENCH_KEEP      set to 1 to keep the working folder with the logs
+#   BENCH_ROUNDS    rounds of the features comparison at 32 connections (default 3)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -193,8 +196,8 @@ GATEWAY_PID=$LAST_PID
 wait_for_port "$GATEWAY_PORT" WatchLLM "$GATEWAY_PID"
 wait_for_port "$ADMIN_PORT" "WatchLLM's admin listener" "$GATEWAY_PID"
 
-# Two more WatchLLM instances, idle until their turn, with the features that issues ask to cost
-# within 5% of the plain gateway's throughput. Same provider, same project name and key format.
+# Two more WatchLLM instances, idle until their turn, with features whose cost should stay within
+# 5% of the plain gateway's throughput. Same provider, same project name and key format.
 #   watchllm_limits: the limits by client address on (at a rate that the load never reaches),
 #     and a plan with every monthly quota and per-key limit set, high enough never to reject.
 #   watchllm_routing: an A/B experiment on the requested model with two weighted variants, health
@@ -358,7 +361,7 @@ measure watchllm "$GATEWAY_PORT" "$GATEWAY_PID"
 
 # Features: the plain gateway and the two variants at 32 connections, in alternating rounds so
 # that a change in the machine's load touches all three alike. Each reports its median round.
-ROUNDS=3
+ROUNDS=${BENCH_ROUNDS:-3}
 for target in watchllm watchllm_limits watchllm_routing; do
     if [[ $target != watchllm ]]; then
         WRK_KEY=${VARIANT_KEYS[$target]} check_target "$target" "${VARIANT_PORTS[$target]}"

@@ -86,11 +86,12 @@ pub fn plan_request(
     let route = config.route(model).ok_or_else(|| GatewayError::model_not_found(model))?;
     let settings = &config.routing;
 
-    // An experiment may rewrite the body, which is then parsed again; otherwise the parsed body is reused.
+    // A variant with parameters rewrites the body, which is then parsed and validated again.
+    // Otherwise the parsed body is reused.
     let (route, body, parsed, variant, fallback_model) = match settings.experiments.get(model) {
         Some(experiment) => {
-            let (variant, body) = apply_experiment(experiment, body, headers, key_id)?;
-            (variant.route.clone(), body, None, Some(variant.name.clone()), variant.model.clone())
+            let (variant, body, parsed) = apply_experiment(experiment, body, parsed, headers, key_id)?;
+            (variant.route.clone(), body, parsed, Some(variant.name.clone()), variant.model.clone())
         }
         None => (route.clone(), body, Some(parsed), None, model.to_string()),
     };
@@ -133,14 +134,15 @@ pub fn order_by_health(candidates: &mut [Candidate], health: &HealthRegistry) {
     candidates.sort_by_key(|c| !health.is_available(&c.provider.name));
 }
 
-/// Picks the variant (forced by header, or by the sticky hash) and applies its parameters.
+/// Picks the variant (forced by header, or by the sticky hash) and applies its parameters. Returns
+/// the body to send and, when no parameter changed it, the parsed `json` to reuse.
 fn apply_experiment<'a>(
     experiment: &'a Experiment,
     body: Bytes,
+    mut json: Value,
     headers: &HeaderMap,
     key_id: &str,
-) -> Result<(&'a super::experiments::Variant, Bytes), GatewayError> {
-    let mut json: Value = serde_json::from_slice(&body).map_err(GatewayError::invalid_json)?;
+) -> Result<(&'a super::experiments::Variant, Bytes, Option<Value>), GatewayError> {
     let forced = headers.get(VARIANT_HEADER).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
     let variant = match forced {
         Some(name) => experiment.variant(name).ok_or_else(|| {
@@ -154,7 +156,7 @@ fn apply_experiment<'a>(
         None => experiment.assign(experiment.user_id(&json, headers, key_id)),
     };
     if variant.parameters.is_empty() {
-        return Ok((variant, body));
+        return Ok((variant, body, Some(json)));
     }
     if let Some(object) = json.as_object_mut() {
         for (name, value) in &variant.parameters {
@@ -162,7 +164,7 @@ fn apply_experiment<'a>(
         }
     }
     let rewritten = serde_json::to_vec(&json).map_err(|e| GatewayError::internal(e.to_string()))?;
-    Ok((variant, Bytes::from(rewritten)))
+    Ok((variant, Bytes::from(rewritten), None))
 }
 
 /// Builds the error for a project key that exists but cannot be used.
