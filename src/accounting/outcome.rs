@@ -36,11 +36,11 @@ pub struct RequestOutcome<'a> {
     pub error_type: Option<String>,
     /// What the response cache did: `miss`, `hit-exact`, `hit-semantic` or `bypass`; `None` is `none`.
     pub cache_status: Option<&'a str>,
-    /// The cached answer that served the request, on a cache hit.
+    /// The cached response that served the request, on a cache hit.
     pub cache_hit: Option<CacheHit>,
 }
 
-/// A cache hit as accounting sees it: the original answer's tokens and what the upstream charged.
+/// A cache hit for accounting: the original response's tokens and what the upstream charged.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct CacheHit {
     pub usage: Usage,
@@ -72,8 +72,8 @@ pub fn usage_event(outcome: &RequestOutcome<'_>) -> UsageEvent {
         .price
         .map(|price| price.cost_usd(usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens))
         .unwrap_or(0.0);
-    // A hit reports the original answer's tokens and costs nothing; what the upstream charged for
-    // that answer is what the hit saved.
+    // A hit reports the original response's tokens and costs nothing. What the upstream charged
+    // for that response is what the hit saved.
     let (usage, estimated) = match outcome.cache_hit {
         Some(hit) => (hit.usage, hit.estimated),
         None => (usage, estimated),

@@ -62,7 +62,7 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Finds a project by id or name, with the store that holds it, or returns the error response to send.
+/// Finds a project by id or name, with the store that contains it, or returns the error response to send.
 async fn find_project(state: &AdminState, id: &str) -> Result<(crate::store::Store, crate::store::Project), Response> {
     let Some(store) = state.store.clone() else {
         return Err(error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "The admin listener has no database connection."));

@@ -14,7 +14,7 @@ use crate::cache::respond::send_hit;
 use crate::routing::Endpoint;
 
 impl Gateway {
-    /// Looks the admitted request up in the response cache and answers a hit. `Ok(true)` means the
+    /// Looks the admitted request up in the response cache and serves a hit. `Ok(true)` means the
     /// response was sent.
     pub(super) async fn serve_from_cache(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let (Some(cache), Some(config), Some(key), Some(request)) = (self.cache.as_ref(), ctx.config.clone(), ctx.key.as_ref(), ctx.request.as_ref())
@@ -36,7 +36,7 @@ impl Gateway {
         Ok(true)
     }
 
-    /// Stores the answer of a finished request when the cache may keep it.
+    /// Stores the response of a finished request when the cache may keep it.
     pub(super) fn store_in_cache(&self, ctx: &mut RequestCtx, failed: bool, event: Option<&UsageEvent>) {
         let (Some(cache), Some(event)) = (self.cache.as_ref(), event) else { return };
         let request = StoreRequest {

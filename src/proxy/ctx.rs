@@ -63,7 +63,7 @@ pub struct RequestCtx {
     pub limit_headers: Vec<(&'static str, String)>,
     /// `Retry-After` of a request rejected by a limit, in seconds.
     pub retry_after_s: Option<u64>,
-    /// What the response cache did and what it keeps to store the answer.
+    /// What the response cache did and what it keeps to store the response.
     pub cache: crate::cache::CacheState,
     /// The variant, the providers to try in order and the key for the current attempt.
     pub plan: Option<crate::routing::select::RoutePlan>,

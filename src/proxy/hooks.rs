@@ -182,8 +182,8 @@ fn models_body(names: &[String], created: i64) -> Vec<u8> {
     serde_json::json!({"object": "list", "data": data}).to_string().into_bytes()
 }
 
-/// Names what went wrong, for the usage event; `None` for a complete success. `body_is_error`
-/// says whether a non-streamed JSON body carried an `error` field.
+/// Names what went wrong, for the usage event, or returns `None` for a complete success.
+/// `body_is_error` is true when a non-streamed JSON body carried an `error` field.
 fn error_type(ctx: &RequestCtx, error: Option<&Error>, status: u16, body_is_error: bool) -> Option<String> {
     if let Some(gateway_error) = &ctx.error {
         return Some(gateway_error.code.to_string());
@@ -227,7 +227,7 @@ impl ProxyHttp for Gateway {
         ctx.config = Some(self.config.load_full());
         match self.admit(session, ctx).await {
             Ok(true) => Ok(true),
-            // Admission (authentication, the body, the limits) is complete: the response cache may answer.
+            // Admission (authentication, the body, the limits) is complete: the response cache may serve a hit.
             Ok(false) => self.serve_from_cache(session, ctx).await,
             Err(error) => {
                 // The body may be unread, so the connection cannot carry another request.

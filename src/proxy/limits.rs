@@ -67,8 +67,8 @@ impl Gateway {
     pub(super) fn settle_limits(&self, ctx: &mut RequestCtx, event: Option<&UsageEvent>) {
         let Some(mut reservation) = ctx.reservation.take() else { return };
         let actual = event.map(counted_usage).unwrap_or_default();
-        let thresholds = ctx.config.as_ref().map(|c| c.alerts.thresholds.clone()).unwrap_or_default();
-        let due = reservation.settle(actual, &thresholds);
+        let thresholds = ctx.config.as_ref().map(|c| c.alerts.thresholds.as_slice()).unwrap_or(&[]);
+        let due = reservation.settle(actual, thresholds);
         if !due.is_empty() {
             self.alerts.raise(due);
         }

@@ -64,8 +64,8 @@ pub fn prepare_request(endpoint: Endpoint, body: Bytes, upstream_model: Option<&
     prepare_parsed(endpoint, body, json, upstream_model)
 }
 
-/// The same as [`prepare_request`] for a body that [`parse_request`] has already parsed into
-/// `json`, so that the request path parses each body once.
+/// Prepares a body that [`parse_request`] has already parsed into `json`, as [`prepare_request`]
+/// does, so that the request path parses each body once.
 pub fn prepare_parsed(endpoint: Endpoint, body: Bytes, mut json: Value, upstream_model: Option<&str>) -> Result<PreparedRequest, GatewayError> {
     let model = json["model"].as_str().unwrap_or_default().to_string();
     let stream = endpoint.can_stream() && json.get("stream").and_then(Value::as_bool).unwrap_or(false);

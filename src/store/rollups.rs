@@ -75,7 +75,7 @@ macro_rules! upsert_rollups {
                 });
                 builder.push($crate::store::rollups::upsert_clause(table));
                 // Not kept in the connection's statement cache: the SQL differs with every row
-                // count, and each cached multi-row statement holds its compiled program.
+                // count, and each cached multi-row statement keeps its compiled program.
                 builder.build().persistent(false).execute(&mut *$conn).await?;
             }
             Ok::<(), sqlx::Error>(())
