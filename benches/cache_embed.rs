@@ -1,8 +1,9 @@
-//! Embedding latency of the semantic cache's model (all-MiniLM-L6-v2, candle, f32, CPU).
+//! Embedding latency of the semantic cache's model (all-MiniLM-L6-v2, f32, CPU).
 //!
 //! Run with `cargo bench --bench cache_embed`; the model must be installed
 //! (`bash scripts/install-model.sh`, or `WATCHLLM_MODEL_DIR`). Criterion measures one 30-token
-//! prompt and a batch of 32; then the embedding pool is driven by 64 concurrent requesters to
+//! prompt and a batch of 32, and the same prompt through candle's own BERT implementation as the
+//! reference in the same run; then the embedding pool is driven by 64 concurrent requesters to
 //! measure prompts per second with batching, printed as `pool: ...` (`WATCHLLM_BENCH_EMBED_POOL=0`
 //! skips it). docs/BENCHMARKS.md records the figures.
 
@@ -35,11 +36,38 @@ fn embedding(c: &mut Criterion) {
     group.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
     group.throughput(Throughput::Elements(1));
     group.bench_function("single_30_tokens", |b| b.iter(|| black_box(embedder.embed(black_box(PROMPT)).unwrap())));
+    let reference = CandleBert::load(&model_dir());
+    group.bench_function("single_30_tokens_candle_reference", |b| b.iter(|| black_box(reference.embed(black_box(PROMPT)))));
     let batch = prompts(32);
     let texts: Vec<&str> = batch.iter().map(String::as_str).collect();
     group.throughput(Throughput::Elements(32));
     group.bench_function("batch_32", |b| b.iter(|| black_box(embedder.embed_batch(black_box(&texts)))));
     group.finish();
+}
+
+/// candle-transformers' BERT on the same weights, without the pooling: the reference.
+struct CandleBert {
+    model: candle_transformers::models::bert::BertModel,
+    tokenizer: tokenizers::Tokenizer,
+}
+
+impl CandleBert {
+    fn load(dir: &std::path::Path) -> CandleBert {
+        let config = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).expect("config.json")).expect("config");
+        let weights = std::fs::read(dir.join("model.safetensors")).expect("weights");
+        let device = candle_core::Device::Cpu;
+        let builder = candle_nn::VarBuilder::from_buffered_safetensors(weights, candle_core::DType::F32, &device).expect("weights");
+        let mut tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).expect("tokenizer");
+        tokenizer.with_padding(None);
+        CandleBert { model: candle_transformers::models::bert::BertModel::load(builder, &config).expect("model"), tokenizer }
+    }
+
+    fn embed(&self, text: &str) -> candle_core::Tensor {
+        let ids = self.tokenizer.encode(text, true).expect("tokens").get_ids().to_vec();
+        let length = ids.len();
+        let ids = candle_core::Tensor::from_vec(ids, (1, length), &candle_core::Device::Cpu).expect("ids");
+        self.model.forward(&ids, &ids.zeros_like().expect("types"), None).expect("forward")
+    }
 }
 
 /// Prompts per second through the pool with `requesters` concurrent tasks, `threads` workers.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::index::Quantization;
+use super::index::{Quantization, INDEX_SETTINGS};
 use crate::config::load::ConfigProblem;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -53,6 +53,7 @@ pub struct RawSemantic {
     pub threshold: f32,
     pub guard: bool,
     pub quantization: String,
+    pub expansion_search: usize,
     pub max_tokens: usize,
     pub threads: usize,
     pub max_batch: usize,
@@ -67,6 +68,7 @@ impl Default for RawSemantic {
             threshold: DEFAULT_THRESHOLD,
             guard: true,
             quantization: "f32".into(),
+            expansion_search: INDEX_SETTINGS.expansion_search,
             max_tokens: 256,
             threads: 1,
             max_batch: 32,
@@ -104,6 +106,9 @@ pub struct CacheSettings {
     pub model_dir: PathBuf,
     pub guard: bool,
     pub quantization: Quantization,
+    /// Candidates the vector index keeps during a search: lower is faster, higher finds the
+    /// nearest entry more often (docs/BENCHMARKS.md has the figures).
+    pub expansion_search: usize,
     pub max_tokens: usize,
     pub threads: usize,
     pub max_batch: usize,
@@ -144,8 +149,8 @@ impl CacheSettings {
     pub fn restart_only_changes(&self, other: &CacheSettings) -> bool {
         (self.enabled, &self.dir, self.memory_bytes, self.disk_bytes, self.semantic_enabled, &self.model_dir, self.quantization)
             != (other.enabled, &other.dir, other.memory_bytes, other.disk_bytes, other.semantic_enabled, &other.model_dir, other.quantization)
-            || (self.max_tokens, self.threads, self.max_batch, self.queue_capacity, self.index_save_interval)
-                != (other.max_tokens, other.threads, other.max_batch, other.queue_capacity, other.index_save_interval)
+            || (self.max_tokens, self.threads, self.max_batch, self.queue_capacity, self.index_save_interval, self.expansion_search)
+                != (other.max_tokens, other.threads, other.max_batch, other.queue_capacity, other.index_save_interval, other.expansion_search)
     }
 
     /// Returns `loaded` with the start-only settings of `self`.
@@ -189,6 +194,9 @@ pub fn validate(raw: &RawCache, state_dir: &Path, problems: &mut Vec<ConfigProbl
     if raw.semantic.max_tokens < 8 || raw.semantic.max_tokens > 512 {
         problem("cache.semantic.max_tokens", "must be between 8 and 512 (the model's positions)".into());
     }
+    if raw.semantic.expansion_search == 0 || raw.semantic.expansion_search > 4096 {
+        problem("cache.semantic.expansion_search", format!("must be between 1 and 4096, not {}", raw.semantic.expansion_search));
+    }
     if raw.semantic.threads == 0 || raw.semantic.max_batch == 0 || raw.semantic.queue_capacity == 0 {
         problem("cache.semantic", "threads, max_batch and queue_capacity must be at least 1".into());
     }
@@ -225,6 +233,7 @@ pub fn validate(raw: &RawCache, state_dir: &Path, problems: &mut Vec<ConfigProbl
         model_dir,
         guard: raw.semantic.guard,
         quantization,
+        expansion_search: raw.semantic.expansion_search,
         max_tokens: raw.semantic.max_tokens,
         threads: raw.semantic.threads,
         max_batch: raw.semantic.max_batch,
@@ -268,6 +277,16 @@ mod tests {
     }
 
     #[test]
+    fn search_expansion_applies_at_start_only() {
+        let (running, _) = settings("semantic: {quantization: i8}\n");
+        assert_eq!(running.expansion_search, INDEX_SETTINGS.expansion_search);
+        let (loaded, problems) = settings("semantic: {quantization: i8, expansion_search: 32}\n");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(loaded.expansion_search, 32);
+        assert!(running.restart_only_changes(&loaded));
+    }
+
+    #[test]
     fn semantic_off_globally_wins() {
         let (settings, _) = settings("enabled: true\nprojects:\n  a: {semantic: true}\n");
         assert!(!settings.project("a", "x").semantic);
@@ -275,9 +294,10 @@ mod tests {
 
     #[test]
     fn invalid_values_reported() {
-        let (_, problems) = settings("semantic: {threshold: 1.5, quantization: f8}\nprojects:\n  a: {threshold: -1}\n");
+        let (_, problems) = settings("semantic: {threshold: 1.5, quantization: f8, expansion_search: 0}\nprojects:\n  a: {threshold: -1}\n");
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
         assert!(paths.contains(&"cache.semantic.threshold"), "{paths:?}");
+        assert!(paths.contains(&"cache.semantic.expansion_search"), "{paths:?}");
         assert!(paths.contains(&"cache.semantic.quantization"), "{paths:?}");
         assert!(paths.contains(&"cache.projects.a.threshold"), "{paths:?}");
     }

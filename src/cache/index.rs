@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
 
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
@@ -70,12 +71,19 @@ pub const INDEX_SETTINGS: IndexSettings = IndexSettings { connectivity: 16, expa
 pub struct VectorIndex {
     dimensions: usize,
     quantization: Quantization,
+    /// The search expansion of every namespace, [`INDEX_SETTINGS`]' unless set.
+    expansion_search: AtomicUsize,
     namespaces: RwLock<HashMap<[u8; 32], Index>>,
 }
 
 impl VectorIndex {
     pub fn new(dimensions: usize, quantization: Quantization) -> VectorIndex {
-        VectorIndex { dimensions, quantization, namespaces: RwLock::new(HashMap::new()) }
+        VectorIndex {
+            dimensions,
+            quantization,
+            expansion_search: AtomicUsize::new(INDEX_SETTINGS.expansion_search),
+            namespaces: RwLock::new(HashMap::new()),
+        }
     }
 
     fn options(&self) -> IndexOptions {
@@ -85,7 +93,7 @@ impl VectorIndex {
             quantization: self.quantization.scalar_kind(),
             connectivity: INDEX_SETTINGS.connectivity,
             expansion_add: INDEX_SETTINGS.expansion_add,
-            expansion_search: INDEX_SETTINGS.expansion_search,
+            expansion_search: self.expansion_search.load(Ordering::Relaxed),
             multi: false,
         }
     }
@@ -128,10 +136,12 @@ impl VectorIndex {
         Ok(())
     }
 
-    /// Changes the search expansion of every namespace present; later namespaces use
-    /// [`INDEX_SETTINGS`]. The index benchmark uses it to compare latency and recall.
+    /// Changes the search expansion of every namespace, present and later (the setting
+    /// `cache.semantic.expansion_search`). The index benchmark uses it to compare latency and
+    /// recall.
     pub fn set_expansion_search(&self, expansion: usize) {
-        if let Ok(namespaces) = self.namespaces.read() {
+        self.expansion_search.store(expansion.max(1), Ordering::Relaxed);
+        if let Ok(namespaces) = self.namespaces.write() {
             namespaces.values().for_each(|index| index.change_expansion_search(expansion));
         }
     }
@@ -188,7 +198,7 @@ impl VectorIndex {
             restored.load_from_buffer(serialized).map_err(usearch_error)?;
             // The file's header does not carry the expansion settings.
             restored.change_expansion_add(INDEX_SETTINGS.expansion_add);
-            restored.change_expansion_search(INDEX_SETTINGS.expansion_search);
+            restored.change_expansion_search(index.expansion_search.load(Ordering::Relaxed));
             namespaces.insert(namespace, restored);
         }
         *index.namespaces.write().map_err(|_| IndexError::Usearch("lock poisoned".into()))? = namespaces;
@@ -276,6 +286,17 @@ mod tests {
                 assert_eq!(index.connectivity(), INDEX_SETTINGS.connectivity);
             }
         }
+    }
+
+    #[test]
+    fn search_expansion_applies_to_present_and_later_namespaces() {
+        let index = VectorIndex::new(16, Quantization::I8);
+        index.add(&[1; 32], 1, &unit(1)).unwrap();
+        index.set_expansion_search(24);
+        index.add(&[2; 32], 2, &unit(2)).unwrap();
+        let expansions: Vec<usize> = index.namespaces.read().unwrap().values().map(|i| i.expansion_search()).collect();
+        assert_eq!(expansions, vec![24, 24]);
+        assert_eq!(index.search(&[2; 32], &unit(2), 1).unwrap()[0].0, 2);
     }
 
     #[test]

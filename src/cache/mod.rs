@@ -75,6 +75,7 @@ impl ResponseCache {
             disk_bytes: settings.disk_bytes,
             quantization: settings.quantization,
             dimensions: DIMENSIONS,
+            expansion_search: settings.expansion_search,
         };
         let store = runtime
             .block_on(CacheStore::open(&options, runtime.handle().clone()))

@@ -28,6 +28,8 @@ pub struct StoreOptions {
     pub disk_bytes: usize,
     pub quantization: Quantization,
     pub dimensions: usize,
+    /// The vector index's search expansion.
+    pub expansion_search: usize,
 }
 
 /// A semantic match that passed the threshold, with the reason it was refused if it was.
@@ -76,6 +78,7 @@ impl CacheStore {
                 VectorIndex::new(options.dimensions, options.quantization)
             }
         };
+        index.set_expansion_search(options.expansion_search);
         Ok(CacheStore { entries, index: Arc::new(index), index_path, index_dirty: Arc::new(AtomicBool::new(false)), disk_dir })
     }
 

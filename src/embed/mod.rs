@@ -1,6 +1,8 @@
-//! Sentence embeddings for the semantic cache: the model (`model`) and the thread pool that
-//! batches concurrent requests (`pool`).
+//! Sentence embeddings for the semantic cache: the model (`model`), its BERT encoder (`bert`)
+//! and matrix products (`kernels`), and the thread pool that batches concurrent requests (`pool`).
 
+mod bert;
+mod kernels;
 pub mod model;
 pub mod pool;
 

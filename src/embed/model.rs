@@ -1,15 +1,15 @@
-//! The sentence embedding model: BERT all-MiniLM-L6-v2 on the CPU with candle, mean pooling over
-//! the attention mask, L2-normalized 384-dimensional vectors.
+//! The sentence embedding model: BERT all-MiniLM-L6-v2 on the CPU (the encoder in `bert`), mean
+//! pooling over the tokens, L2-normalized 384-dimensional vectors.
 //!
 //! The model is read from a local directory holding `model.safetensors` and `tokenizer.json`
 //! (and optionally `config.json`); nothing is downloaded. `scripts/install-model.sh` installs it.
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
-use tokenizers::{Encoding, Tokenizer};
+use serde::Deserialize;
+use tokenizers::Tokenizer;
+
+use super::bert::{Bert, Shape};
 
 /// Dimensions of an all-MiniLM-L6-v2 embedding.
 pub const DIMENSIONS: usize = 384;
@@ -22,6 +22,18 @@ const DEFAULT_CONFIG: &str = r#"{"vocab_size":30522,"hidden_size":384,"num_hidde
 "intermediate_size":1536,"hidden_act":"gelu","hidden_dropout_prob":0.1,"max_position_embeddings":512,"type_vocab_size":2,
 "initializer_range":0.02,"layer_norm_eps":1e-12,"pad_token_id":0,"position_embedding_type":"absolute","use_cache":true,
 "classifier_dropout":null,"model_type":"bert"}"#;
+
+/// The fields of a BERT `config.json` that the encoder needs.
+#[derive(Deserialize)]
+struct Config {
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    intermediate_size: usize,
+    max_position_embeddings: usize,
+    layer_norm_eps: f64,
+    hidden_act: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbedError {
@@ -39,9 +51,8 @@ pub enum EmbedError {
 
 /// A loaded model and its tokenizer. Not shared between threads: each pool worker loads its own.
 pub struct Embedder {
-    model: BertModel,
+    model: Bert,
     tokenizer: Tokenizer,
-    device: Device,
     max_tokens: usize,
 }
 
@@ -68,19 +79,31 @@ impl Embedder {
             Err(_) => DEFAULT_CONFIG.to_string(),
         };
         let config: Config = serde_json::from_str(&config_text).map_err(|e| fail(format!("invalid config.json: {e}")))?;
+        if !matches!(config.hidden_act.as_str(), "gelu" | "gelu_new" | "gelu_pytorch_tanh") {
+            return Err(fail(format!("config.json: hidden_act {:?} is not supported; the encoder computes GELU", config.hidden_act)));
+        }
+        if config.num_attention_heads == 0 || !config.hidden_size.is_multiple_of(config.num_attention_heads) {
+            return Err(fail("config.json: hidden_size must be a multiple of num_attention_heads".into()));
+        }
 
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| fail(format!("invalid tokenizer.json: {e}")))?;
         // The shipped tokenizer pads every input to 128 tokens and cuts longer ones. Here the
-        // tokenizer neither pads nor cuts: `forward` pads a batch to its longest input, and long
+        // tokenizer neither pads nor cuts: the encoder takes sequences of any length, and long
         // inputs are detected rather than cut.
         tokenizer.with_padding(None);
         tokenizer.with_truncation(None).map_err(|e| fail(format!("cannot turn off truncation: {e}")))?;
 
         let weights = std::fs::read(dir.join("model.safetensors")).map_err(|e| fail(format!("cannot read model.safetensors: {e}")))?;
-        let device = Device::Cpu;
-        let builder = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device).map_err(|e| fail(e.to_string()))?;
-        let model = BertModel::load(builder, &config).map_err(|e| fail(e.to_string()))?;
-        Ok(Embedder { model, tokenizer, device, max_tokens: max_tokens.min(config.max_position_embeddings) })
+        let shape = Shape {
+            hidden: config.hidden_size,
+            layers: config.num_hidden_layers,
+            heads: config.num_attention_heads,
+            intermediate: config.intermediate_size,
+            max_positions: config.max_position_embeddings,
+            layer_norm_eps: config.layer_norm_eps as f32,
+        };
+        let model = Bert::load(&weights, shape).map_err(fail)?;
+        Ok(Embedder { model, tokenizer, max_tokens: max_tokens.min(config.max_position_embeddings) })
     }
 
     /// Embeds a batch of texts. Each result is its own: a text that is too long fails alone.
@@ -101,17 +124,9 @@ impl Embedder {
             }
         }
         if !accepted.is_empty() {
-            match self.forward(&encodings) {
-                Ok(vectors) => {
-                    for (i, vector) in accepted.iter().zip(vectors) {
-                        results[*i] = Some(Ok(vector));
-                    }
-                }
-                Err(e) => {
-                    for i in &accepted {
-                        results[*i] = Some(Err(EmbedError::Inference(e.to_string())));
-                    }
-                }
+            let sequences: Vec<&[u32]> = encodings.iter().map(|encoding| encoding.get_ids()).collect();
+            for (i, vector) in accepted.iter().zip(self.model.embed(&sequences)) {
+                results[*i] = Some(Ok(vector));
             }
         }
         results.into_iter().map(|r| r.unwrap_or(Err(EmbedError::Unavailable))).collect()
@@ -125,33 +140,6 @@ impl Embedder {
     /// Embeds one text.
     pub fn embed(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
         self.embed_batch(&[text]).pop().unwrap_or(Err(EmbedError::Unavailable))
-    }
-
-    /// Runs the model on the encodings, padded to the longest with the pad id 0 and a mask of 0.
-    fn forward(&self, encodings: &[Encoding]) -> Result<Vec<Vec<f32>>, String> {
-        let length = encodings.iter().map(Encoding::len).max().unwrap_or(0);
-        let mut ids = vec![0u32; encodings.len() * length];
-        let mut mask = vec![0u32; encodings.len() * length];
-        for (row, encoding) in encodings.iter().enumerate() {
-            let start = row * length;
-            ids[start..start + encoding.len()].copy_from_slice(encoding.get_ids());
-            mask[start..start + encoding.len()].copy_from_slice(encoding.get_attention_mask());
-        }
-        let shape = (encodings.len(), length);
-        let run = || -> candle_core::Result<Vec<Vec<f32>>> {
-            let input_ids = Tensor::from_vec(ids, shape, &self.device)?;
-            let attention = Tensor::from_vec(mask, shape, &self.device)?;
-            let token_types = input_ids.zeros_like()?;
-            let hidden = self.model.forward(&input_ids, &token_types, Some(&attention))?;
-            // Mean over the real tokens only, then L2 normalization.
-            let weights = attention.to_dtype(DType::F32)?.unsqueeze(2)?;
-            let summed = hidden.broadcast_mul(&weights)?.sum(1)?;
-            let counts = weights.sum(1)?.clamp(1e-9, f64::MAX)?;
-            let mean = summed.broadcast_div(&counts)?;
-            let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-            mean.broadcast_div(&norms)?.to_vec2::<f32>()
-        };
-        run().map_err(|e| e.to_string())
     }
 }
 
