@@ -2,10 +2,10 @@
 //!
 //! Run with `cargo bench --bench cache_embed`; the model must be installed
 //! (`bash scripts/install-model.sh`, or `WATCHLLM_MODEL_DIR`). Criterion measures one 30-token
-//! prompt and a batch of 32, and the same prompt through candle's own BERT implementation as the
-//! reference in the same run; then the embedding pool is driven by 64 concurrent requesters to
-//! measure prompts per second with batching, printed as `pool: ...` (`WATCHLLM_BENCH_EMBED_POOL=0`
-//! skips it). docs/BENCHMARKS.md records the figures.
+//! prompt and a batch of 32. It also runs the same prompt through candle's own BERT
+//! implementation, the reference in the same run. Then 64 concurrent requesters drive the
+//! embedding pool to measure prompts per second with batching, printed as `pool: ...`
+//! (`WATCHLLM_BENCH_EMBED_POOL=0` skips it). docs/BENCHMARKS.md records the figures.
 
 use std::hint::black_box;
 use std::path::PathBuf;

@@ -71,7 +71,7 @@ pub const INDEX_SETTINGS: IndexSettings = IndexSettings { connectivity: 16, expa
 pub struct VectorIndex {
     dimensions: usize,
     quantization: Quantization,
-    /// The search expansion of every namespace, [`INDEX_SETTINGS`]' unless set.
+    /// Search expansion of every namespace: [`INDEX_SETTINGS`]' value until `set_expansion_search`.
     expansion_search: AtomicUsize,
     namespaces: RwLock<HashMap<[u8; 32], Index>>,
 }

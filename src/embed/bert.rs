@@ -120,7 +120,7 @@ impl Bert {
     }
 
     /// Returns the mean-pooled, L2-normalized embedding of each sequence of token ids. The
-    /// sequences share the matrix products, without padding; attention stays within each.
+    /// sequences share the matrix products without padding, and attention stays within each.
     pub fn embed(&self, sequences: &[&[u32]]) -> Vec<Vec<f32>> {
         let hidden = self.shape.hidden;
         let vocabulary = self.word.len() / hidden;
@@ -157,7 +157,7 @@ impl Bert {
             state = output;
         }
 
-        // Mean pooling; the L2 normalization makes dividing by the length unnecessary.
+        // Mean pooling without dividing by the length, because the L2 normalization cancels it.
         let mut first = 0;
         lengths
             .iter()
@@ -251,7 +251,7 @@ fn gelu(x: f32) -> f32 {
 /// `e^x` within 1e-6 relative error, without branches or library calls, so that loops over it
 /// become vector code. Arguments beyond ±87 are clamped.
 fn exp(x: f32) -> f32 {
-    // e^x = 2^n · e^r with n = round(x / ln 2) and |r| ≤ ln 2 / 2; r is computed with ln 2 in
+    // e^x = 2^n · e^r with n = round(x / ln 2) and |r| ≤ ln 2 / 2. r is computed with ln 2 in
     // two parts (Cody and Waite) so that it stays exact for large n.
     const ROUNDING: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer.
     const LN2_HIGH: f32 = 0.693_359_4;

@@ -20,7 +20,7 @@ const CHUNK_ROWS: usize = 96;
 pub struct PackedLinear {
     inputs: usize,
     outputs: usize,
-    /// Panel `p` holds, for each input index `t`, the weights of outputs `p * PANEL ..` for `t`.
+    /// Panel `p` contains, for each input index `t`, the weights of outputs `p * PANEL ..` for `t`.
     panels: Vec<f32>,
     bias: Vec<f32>,
 }
