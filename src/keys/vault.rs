@@ -130,7 +130,8 @@ impl Vault {
 
     /// Replaces the records and keeps the master secret.
     // NOTE: records re-encrypted by a rotation in another process fail to decrypt here until this
-    // gateway restarts with the new master secret.
+    // gateway has the new master secret: the routing service reads a secret file again at every
+    // refresh, while a secret in an environment variable needs a restart.
     pub fn replace_snapshot(&self, snapshot: RecordSnapshot) {
         let snapshot = Arc::new(snapshot);
         self.state.rcu(|state| VaultState { snapshot: snapshot.clone(), keyring: state.keyring.clone() });

@@ -16,7 +16,7 @@ use super::health::{redact_url, Observed};
 use super::select::Routing;
 use super::{build_peer, upstream_host};
 use crate::config::{Provider, RuntimeConfig};
-use crate::keys::RecordSnapshot;
+use crate::keys::{MasterSecret, MasterSecretSource, RecordSnapshot, Vault};
 use crate::store::Store;
 
 /// Probes providers and keeps the provider-key records current.
@@ -93,26 +93,65 @@ async fn probe_all(routing: &Routing, connector: &Connector, config: &RuntimeCon
     futures::future::join_all(probes).await;
 }
 
-/// Reloads the provider-key records when the store's version changed, then derives the ciphers
-/// of new records on a blocking thread.
-async fn refresh_provider_keys(routing: &Routing, store: &Store) -> anyhow::Result<()> {
+/// Reads the master secret from its source again. Returns it when the source's content changed
+/// since `last_read` and differs from the secret in use, so that a rotation made by another
+/// process applies here once the operator writes the new secret to the configured file.
+/// Comparing with the last read keeps a rotation through this gateway's admin API in force while
+/// the file still contains the old secret. A source that yields nothing keeps the secret in use.
+fn changed_master(vault: &Vault, source: &MasterSecretSource, last_read: &mut Option<MasterSecret>) -> anyhow::Result<Option<MasterSecret>> {
+    let Some(read) = source.load_from_process()? else { return Ok(None) };
+    if last_read.as_ref().is_some_and(|last| last.expose() == read.expose()) {
+        return Ok(None);
+    }
+    *last_read = Some(read.clone());
+    match vault.master() {
+        Some(current) if current.expose() == read.expose() => Ok(None),
+        _ => Ok(Some(read)),
+    }
+}
+
+/// Reloads the provider-key records when the store's version changed and the master secret when
+/// its source changed, in one swap when both changed. Then derives the new ciphers on a blocking
+/// thread. An unreadable secret is reported after the records are refreshed, so that a bad file
+/// does not hold back the records.
+async fn refresh_provider_keys(
+    routing: &Routing,
+    store: &Store,
+    source: &MasterSecretSource,
+    last_read: &mut Option<MasterSecret>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+
+    let (master, master_error) = match changed_master(&routing.vault, source, last_read) {
+        Ok(master) => (master, None),
+        Err(e) => (None, Some(e.context(format!("failed to read the master secret from the {}", source.describe())))),
+    };
     let version = store.provider_keys_version().await?;
-    if version == routing.vault.snapshot().version {
-        return Ok(());
+    let records_changed = version != routing.vault.snapshot().version;
+    if records_changed {
+        let records = store.load_provider_keys().await.context("failed to load the provider keys")?;
+        let snapshot = RecordSnapshot::new(version, records);
+        info!(records = snapshot.len(), version, master_secret_changed = master.is_some(), "provider keys reloaded");
+        match master {
+            Some(master) => routing.vault.replace_all(master, snapshot),
+            None => routing.vault.replace_snapshot(snapshot),
+        }
+        let stored = routing.vault.snapshot().len();
+        if stored > 0 && !routing.vault.has_master() {
+            warn!(records = stored, "provider keys are stored but no master secret is configured; requests of those projects fail until it is set");
+        }
+    } else if let Some(master) = master {
+        info!(source = %source.describe(), "master secret changed; provider keys are decrypted with the new one");
+        routing.vault.set_master(Some(master));
+    } else {
+        return master_error.map_or(Ok(()), Err);
     }
-    let records = store.load_provider_keys().await?;
-    let snapshot = RecordSnapshot::new(version, records);
-    if !snapshot.is_empty() && !routing.vault.has_master() {
-        warn!(records = snapshot.len(), "provider keys are stored but no master secret is configured; requests of those projects fail until it is set");
-    }
-    info!(records = snapshot.len(), version, "provider keys reloaded");
-    routing.vault.replace_snapshot(snapshot);
     let vault = routing.vault.clone();
     let derived = tokio::task::spawn_blocking(move || vault.warm_up()).await.unwrap_or(0);
     if derived > 0 {
-        info!(derived, "derived the encryption keys of new provider keys");
+        info!(derived, "derived the encryption keys of the provider keys");
     }
-    Ok(())
+    master_error.map_or(Ok(()), Err)
 }
 
 async fn shutdown_requested(mut shutdown: ShutdownWatch) {
@@ -129,6 +168,8 @@ impl BackgroundService for RoutingService {
         let connector = Connector::new(None);
         let mut store: Option<Store> = None;
         let mut key_failures = 0u32;
+        // `prepare_routing` read the source before the proxy started.
+        let mut last_read = self.routing.vault.master();
         let mut next_probe = Instant::now();
         let mut next_refresh = Instant::now();
         let stop = shutdown_requested(shutdown);
@@ -146,7 +187,7 @@ impl BackgroundService for RoutingService {
                     store = Store::connect(&config.database_url).await.ok();
                 }
                 let result = match &store {
-                    Some(store) => refresh_provider_keys(&self.routing, store).await,
+                    Some(store) => refresh_provider_keys(&self.routing, store, &config.routing.master_secret, &mut last_read).await,
                     None => Err(anyhow::anyhow!("no database connection")),
                 };
                 match result {
@@ -195,4 +236,63 @@ pub fn prepare_routing(config: &RuntimeConfig) -> anyhow::Result<Routing> {
     info!(provider_keys = snapshot.len(), master_secret = has_master, "provider keys loaded");
     routing.vault.replace_snapshot(snapshot);
     Ok(routing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(text: &str) -> MasterSecret {
+        MasterSecret::new(text.as_bytes().to_vec()).expect("long enough")
+    }
+
+    #[test]
+    fn master_file_change_is_picked_up() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("master.key");
+        let source = MasterSecretSource { env: String::new(), file: path.display().to_string() };
+        std::fs::write(&path, "first-master-secret-0001\n").expect("write secret");
+        let vault = Vault::new(Some(secret("first-master-secret-0001")));
+        let mut last_read = vault.master();
+
+        assert!(changed_master(&vault, &source, &mut last_read).expect("readable").is_none(), "same secret, trailing newline aside");
+
+        std::fs::write(&path, "second-master-secret-002").expect("write secret");
+        let changed = changed_master(&vault, &source, &mut last_read).expect("readable").expect("a new secret");
+        assert_eq!(changed.expose(), b"second-master-secret-002");
+        vault.set_master(Some(changed));
+        assert!(changed_master(&vault, &source, &mut last_read).expect("readable").is_none(), "reported once");
+
+        std::fs::remove_file(&path).expect("remove secret");
+        let error = changed_master(&vault, &source, &mut last_read).expect_err("a configured file that is gone is an error");
+        assert!(!format!("{error:#}").contains("second-master"), "no secret in the message: {error:#}");
+    }
+
+    #[test]
+    fn master_admin_rotation_survives_old_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("master.key");
+        let source = MasterSecretSource { env: String::new(), file: path.display().to_string() };
+        std::fs::write(&path, "first-master-secret-0001").expect("write secret");
+        let vault = Vault::new(Some(secret("first-master-secret-0001")));
+        let mut last_read = vault.master();
+
+        // What the admin API's rotation does.
+        vault.set_master(Some(secret("rotated-by-admin-api-0001")));
+        assert!(changed_master(&vault, &source, &mut last_read).expect("readable").is_none());
+
+        // The operator then writes the new secret to the file: nothing to swap either.
+        std::fs::write(&path, "rotated-by-admin-api-0001").expect("write secret");
+        assert!(changed_master(&vault, &source, &mut last_read).expect("readable").is_none());
+        assert_eq!(vault.master().expect("a master").expose(), b"rotated-by-admin-api-0001");
+    }
+
+    #[test]
+    fn master_empty_source_keeps_secret() {
+        let source = MasterSecretSource { env: "WATCHLLM_TEST_UNSET_MASTER_VARIABLE".into(), file: String::new() };
+        let vault = Vault::new(Some(secret("kept-master-secret-00001")));
+        let mut last_read = None;
+        assert!(changed_master(&vault, &source, &mut last_read).expect("nothing to read is not an error").is_none());
+        assert!(vault.has_master());
+    }
 }

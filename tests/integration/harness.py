@@ -62,11 +62,24 @@ def binary_path() -> Path:
     return path
 
 
+_ISSUED_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that the operating system reported free."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        return probe.getsockname()[1]
+    """Return a TCP port on 127.0.0.1 that the operating system reported free.
+
+    The probe socket is closed before the caller binds, so the kernel may offer
+    the same port twice. Ports already handed out in this process are skipped,
+    which keeps a gateway's listen and admin ports apart.
+    """
+    for _ in range(64):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((LOOPBACK, 0))
+            port = probe.getsockname()[1]
+        if port not in _ISSUED_PORTS:
+            _ISSUED_PORTS.add(port)
+            return port
+    raise RuntimeError("no unused loopback port found after 64 probes")
 
 
 def port_accepts(port: int) -> bool:

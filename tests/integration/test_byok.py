@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import secrets
 
+import openai
 import pytest
 
 from harness import Gateway, admin_request, cli_with_input, http_request, wait_until
@@ -156,6 +157,40 @@ def test_rotate_master_keeps_keys_usable(gateway_factory) -> None:
     listed = [json.loads(line) for line in gateway.cli("provider-key", "list").stdout.splitlines()]
     assert listed[0]["key_version"] == 2
     assert listed[0]["rotated_at_ms"] is not None
+
+
+def test_rotation_follows_secret_file(gateway_factory, tmp_path) -> None:
+    """A running gateway follows a rotation made by another process once the secret file changes."""
+    secret_file = tmp_path / "master.key"
+    secret_file.write_text(MASTER + "\n")
+    config = {**CONFIG, "provider_keys": {"refresh_interval_ms": 100, "master_key_file": str(secret_file)}}
+    gateway = gateway_factory(config_overrides=config, environment=environment(OTHER_MASTER))
+    byok_key = "sk-byok-" + secrets.token_hex(16)
+    new_master = "file-rotated-master-" + secrets.token_hex(8)
+    gateway.track(byok_key, MASTER, new_master, OTHER_MASTER)
+    set_key(gateway, byok_key, master=OTHER_MASTER)  # the file wins over the variable
+    wait_for_key_source(gateway, "byok")
+
+    new_file = tmp_path / "new-master.key"
+    new_file.write_text(new_master + "\n")
+    gateway.cli("provider-key", "rotate-master", "--new-secret-file", str(new_file))
+    new_file.replace(secret_file)
+
+    def serves_own_key() -> bool:
+        client = gateway.client()
+        try:
+            raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "after rotation"}])
+        except openai.InternalServerError:  # provider_key_unavailable until the new secret is read
+            return False
+        return raw.headers.get("x-watchllm-key-source") == "byok"
+
+    wait_until(serves_own_key, 10.0, "the gateway never decrypted the rotated key with the new secret file")
+    assert gateway.mock.last_request()["headers"]["authorization"] == f"Bearer {byok_key}"
+    # The log is written by a background thread, so the line may come a little later.
+    wait_until(lambda: "master_secret_changed=true" in gateway.stderr_text(), 5.0, "the log never reported the new master secret")
+    log = gateway.stderr_text()
+    for secret in (byok_key, MASTER, new_master):
+        assert secret not in log
 
 
 def test_admin_provider_key_routes(gateway_factory) -> None:
