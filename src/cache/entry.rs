@@ -1,13 +1,13 @@
-//! A cached answer and how it is built from an upstream response, JSON or streamed.
+//! A cached response and how it is built from an upstream response, JSON or streamed.
 //!
-//! An answer is stored as its choices (role, content, tool calls, finish reason) with the response
-//! id, model, creation time and usage, so that either form can be replayed from it. A JSON answer
+//! A response is stored as its choices (role, content, tool calls, finish reason) with the response
+//! id, model, creation time and usage, so that either form can be replayed from it. A JSON response
 //! also keeps its original body, which a later JSON request gets byte for byte.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The form in which the upstream sent the answer.
+/// The form in which the upstream sent the response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Form {
     Json,
@@ -19,12 +19,12 @@ pub struct CachedChoice {
     pub index: u64,
     pub role: String,
     pub content: Option<String>,
-    /// The assembled `tool_calls` array, if the answer called tools.
+    /// The assembled `tool_calls` array, if the response called tools.
     pub tool_calls: Option<Value>,
     pub finish_reason: String,
 }
 
-/// One cached answer with what is needed to check, replay and account for it.
+/// One cached response with what is needed to check, replay and account for it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CachedEntry {
     /// The whole exact key, so that a collision of the 64-bit entry id is detected.
@@ -46,13 +46,13 @@ pub struct CachedEntry {
     pub usage: Option<Value>,
     /// Cost that the upstream charged for this response, in US dollars.
     pub cost_usd: f64,
-    /// Tokens accounted for the original answer, which a hit reports again.
+    /// Tokens accounted for the original response, which a hit reports again.
     pub tokens: TokenCounts,
-    /// The original body of a JSON answer.
+    /// The original body of a JSON response.
     pub json_body: Option<String>,
 }
 
-/// Token counts of the original answer, as its usage event recorded them.
+/// Token counts of the original response, as its usage event recorded them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenCounts {
     pub prompt: i64,
@@ -63,9 +63,9 @@ pub struct TokenCounts {
     pub estimated: bool,
 }
 
-/// The answer part of an entry, before the keys and times are added.
+/// The content of an entry taken from the response, before the keys and times are added.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Answer {
+pub struct ResponseContent {
     pub form: Form,
     pub id: String,
     pub model: String,
@@ -82,14 +82,14 @@ pub enum Rejection {
     NotJson,
     ErrorBody,
     NoChoices,
-    /// A choice without a finish reason: the answer was cut off.
+    /// A choice without a finish reason: the response was cut off.
     Unfinished,
     /// A stream that did not end with `data: [DONE]`.
     StreamNotDone,
 }
 
-/// Builds an answer from a complete non-streamed response body with status 200.
-pub fn answer_from_json(body: &[u8]) -> Result<Answer, Rejection> {
+/// Extracts the content to cache from a complete non-streamed response body with status 200.
+pub fn content_from_json(body: &[u8]) -> Result<ResponseContent, Rejection> {
     let value: Value = serde_json::from_slice(body).map_err(|_| Rejection::NotJson)?;
     if value.get("error").is_some_and(|e| !e.is_null()) {
         return Err(Rejection::ErrorBody);
@@ -110,7 +110,7 @@ pub fn answer_from_json(body: &[u8]) -> Result<Answer, Rejection> {
     if choices.is_empty() {
         return Err(Rejection::NoChoices);
     }
-    Ok(Answer {
+    Ok(ResponseContent {
         form: Form::Json,
         id: string_field(&value, "id"),
         model: string_field(&value, "model"),
@@ -123,11 +123,11 @@ pub fn answer_from_json(body: &[u8]) -> Result<Answer, Rejection> {
     })
 }
 
-/// Builds an answer from the complete bytes of a streamed response with status 200. The stream
-/// must end with `data: [DONE]` and every choice must have a finish reason.
-pub fn answer_from_stream(bytes: &[u8]) -> Result<Answer, Rejection> {
+/// Extracts the content to cache from the complete bytes of a streamed response with status 200.
+/// The stream must end with `data: [DONE]` and every choice must have a finish reason.
+pub fn content_from_stream(bytes: &[u8]) -> Result<ResponseContent, Rejection> {
     let text = std::str::from_utf8(bytes).map_err(|_| Rejection::NotJson)?;
-    let mut answer = Answer { form: Form::Stream, id: String::new(), model: String::new(), created: 0, system_fingerprint: None, choices: Vec::new(), usage: None, json_body: None };
+    let mut content = ResponseContent { form: Form::Stream, id: String::new(), model: String::new(), created: 0, system_fingerprint: None, choices: Vec::new(), usage: None, json_body: None };
     let mut tool_calls: Vec<Vec<Value>> = Vec::new();
     let mut finished: Vec<Option<String>> = Vec::new();
     let mut done = false;
@@ -141,27 +141,27 @@ pub fn answer_from_stream(bytes: &[u8]) -> Result<Answer, Rejection> {
         if chunk.get("error").is_some_and(|e| !e.is_null()) {
             return Err(Rejection::ErrorBody);
         }
-        if answer.id.is_empty() {
-            answer.id = string_field(&chunk, "id");
-            answer.model = string_field(&chunk, "model");
-            answer.created = chunk.get("created").and_then(Value::as_i64).unwrap_or(0);
+        if content.id.is_empty() {
+            content.id = string_field(&chunk, "id");
+            content.model = string_field(&chunk, "model");
+            content.created = chunk.get("created").and_then(Value::as_i64).unwrap_or(0);
         }
         if let Some(fingerprint) = chunk.get("system_fingerprint").and_then(Value::as_str) {
-            answer.system_fingerprint = Some(fingerprint.to_string());
+            content.system_fingerprint = Some(fingerprint.to_string());
         }
         if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
-            answer.usage = Some(usage.clone());
+            content.usage = Some(usage.clone());
         }
         for choice in chunk.get("choices").and_then(Value::as_array).into_iter().flatten() {
             let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
-            while answer.choices.len() <= index {
-                let next = answer.choices.len() as u64;
-                answer.choices.push(CachedChoice { index: next, role: "assistant".into(), content: None, tool_calls: None, finish_reason: String::new() });
+            while content.choices.len() <= index {
+                let next = content.choices.len() as u64;
+                content.choices.push(CachedChoice { index: next, role: "assistant".into(), content: None, tool_calls: None, finish_reason: String::new() });
                 tool_calls.push(Vec::new());
                 finished.push(None);
             }
             let delta = choice.get("delta").cloned().unwrap_or(Value::Null);
-            let target = &mut answer.choices[index];
+            let target = &mut content.choices[index];
             if let Some(role) = delta.get("role").and_then(Value::as_str) {
                 target.role = role.to_string();
             }
@@ -180,16 +180,16 @@ pub fn answer_from_stream(bytes: &[u8]) -> Result<Answer, Rejection> {
     if !done {
         return Err(Rejection::StreamNotDone);
     }
-    if answer.choices.is_empty() {
+    if content.choices.is_empty() {
         return Err(Rejection::NoChoices);
     }
-    for ((choice, calls), reason) in answer.choices.iter_mut().zip(tool_calls).zip(finished) {
+    for ((choice, calls), reason) in content.choices.iter_mut().zip(tool_calls).zip(finished) {
         choice.finish_reason = reason.ok_or(Rejection::Unfinished)?;
         if !calls.is_empty() {
             choice.tool_calls = Some(Value::Array(calls));
         }
     }
-    Ok(answer)
+    Ok(content)
 }
 
 /// Merges one streamed tool call fragment into the calls assembled so far, by its `index`.
@@ -241,23 +241,23 @@ mod tests {
     #[test]
     fn json_answer_read() {
         let body = br#"{"id":"c1","model":"m","created":5,"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
-        let answer = answer_from_json(body).unwrap();
-        assert_eq!(answer.choices[0].content.as_deref(), Some("hi"));
-        assert_eq!(answer.choices[0].finish_reason, "stop");
-        assert_eq!(answer.usage.unwrap()["total_tokens"], 4);
-        assert_eq!(answer.json_body.as_deref().map(str::as_bytes), Some(&body[..]));
+        let content = content_from_json(body).unwrap();
+        assert_eq!(content.choices[0].content.as_deref(), Some("hi"));
+        assert_eq!(content.choices[0].finish_reason, "stop");
+        assert_eq!(content.usage.unwrap()["total_tokens"], 4);
+        assert_eq!(content.json_body.as_deref().map(str::as_bytes), Some(&body[..]));
     }
 
     #[test]
     fn json_error_body_rejected() {
-        assert_eq!(answer_from_json(br#"{"error":{"message":"overloaded"}}"#), Err(Rejection::ErrorBody));
-        assert_eq!(answer_from_json(b"not json"), Err(Rejection::NotJson));
+        assert_eq!(content_from_json(br#"{"error":{"message":"overloaded"}}"#), Err(Rejection::ErrorBody));
+        assert_eq!(content_from_json(b"not json"), Err(Rejection::NotJson));
     }
 
     #[test]
     fn json_without_finish_reason_rejected() {
         let body = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":null}]}"#;
-        assert_eq!(answer_from_json(body), Err(Rejection::Unfinished));
+        assert_eq!(content_from_json(body), Err(Rejection::Unfinished));
     }
 
     const STREAM: &str = concat!(
@@ -271,31 +271,31 @@ mod tests {
 
     #[test]
     fn stream_assembled() {
-        let answer = answer_from_stream(STREAM.as_bytes()).unwrap();
-        assert_eq!(answer.form, Form::Stream);
-        assert_eq!(answer.choices.len(), 1);
-        assert_eq!(answer.choices[0].content.as_deref(), Some("Hello"));
-        assert_eq!(answer.choices[0].finish_reason, "stop");
-        assert_eq!(answer.usage.unwrap()["completion_tokens"], 2);
-        assert_eq!(answer.model, "m");
+        let content = content_from_stream(STREAM.as_bytes()).unwrap();
+        assert_eq!(content.form, Form::Stream);
+        assert_eq!(content.choices.len(), 1);
+        assert_eq!(content.choices[0].content.as_deref(), Some("Hello"));
+        assert_eq!(content.choices[0].finish_reason, "stop");
+        assert_eq!(content.usage.unwrap()["completion_tokens"], 2);
+        assert_eq!(content.model, "m");
     }
 
     #[test]
     fn stream_without_done_rejected() {
         let cut = STREAM.replace("data: [DONE]\n\n", "");
-        assert_eq!(answer_from_stream(cut.as_bytes()), Err(Rejection::StreamNotDone));
+        assert_eq!(content_from_stream(cut.as_bytes()), Err(Rejection::StreamNotDone));
     }
 
     #[test]
     fn stream_without_finish_reason_rejected() {
         let cut = STREAM.replace(",\"finish_reason\":\"stop\"", "");
-        assert_eq!(answer_from_stream(cut.as_bytes()), Err(Rejection::Unfinished));
+        assert_eq!(content_from_stream(cut.as_bytes()), Err(Rejection::Unfinished));
     }
 
     #[test]
     fn stream_error_event_rejected() {
         let error = "data: {\"error\":{\"message\":\"overloaded\"}}\n\ndata: [DONE]\n\n";
-        assert_eq!(answer_from_stream(error.as_bytes()), Err(Rejection::ErrorBody));
+        assert_eq!(content_from_stream(error.as_bytes()), Err(Rejection::ErrorBody));
     }
 
     #[test]
@@ -305,8 +305,8 @@ mod tests {
             "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\":1}\"}}]},\"finish_reason\":\"tool_calls\"}]}\n\n",
             "data: [DONE]\n\n"
         );
-        let answer = answer_from_stream(stream.as_bytes()).unwrap();
-        let calls = answer.choices[0].tool_calls.as_ref().unwrap();
+        let content = content_from_stream(stream.as_bytes()).unwrap();
+        let calls = content.choices[0].tool_calls.as_ref().unwrap();
         assert_eq!(calls[0]["function"]["arguments"], "{\"a\":1}");
         assert_eq!(calls[0]["id"], "t1");
     }

@@ -6,7 +6,7 @@ use http::HeaderMap;
 use serde_json::Value;
 use tracing::debug;
 
-use super::entry::{answer_from_json, answer_from_stream, Answer, CachedEntry, Rejection, TokenCounts};
+use super::entry::{content_from_json, content_from_stream, ResponseContent, CachedEntry, Rejection, TokenCounts};
 use super::guard::{salient, Salient};
 use super::key::request_keys;
 use super::overrides::resolve;
@@ -120,9 +120,9 @@ impl ResponseCache {
         entry
     }
 
-    /// Stores the answer of a finished request when it may be stored and is complete. Embedding,
+    /// Stores the response of a finished request when it may be stored and is complete. Embedding,
     /// when the lookup did not already do it, runs in a spawned task.
-    pub fn store_answer(&self, state: &mut CacheState, request: &StoreRequest<'_>) {
+    pub fn store_response(&self, state: &mut CacheState, request: &StoreRequest<'_>) {
         let (Some(keys), Some(project)) = (state.keys.take(), state.project) else { return };
         if !state.store || !matches!(state.status, CacheStatus::Miss | CacheStatus::Bypass) {
             return;
@@ -138,9 +138,9 @@ impl ResponseCache {
             return outcome("skipped_too_large");
         }
         let captured = std::mem::take(&mut state.captured);
-        let answer = if request.stream { answer_from_stream(&captured) } else { answer_from_json(&captured) };
-        let answer = match answer {
-            Ok(answer) => answer,
+        let content = if request.stream { content_from_stream(&captured) } else { content_from_json(&captured) };
+        let content = match content {
+            Ok(content) => content,
             Err(rejection) => return outcome(rejection_name(rejection)),
         };
 
@@ -155,7 +155,7 @@ impl ResponseCache {
             estimated: event.tokens_estimated,
         };
         let ttl_ms = i64::try_from(project.ttl.as_millis()).unwrap_or(i64::MAX);
-        let mut entry = build_entry(answer, keys.exact, event, tokens, now, now.saturating_add(ttl_ms));
+        let mut entry = build_entry(content, keys.exact, event, tokens, now, now.saturating_add(ttl_ms));
         let id = keys.entry_id();
 
         let semantic = keys.semantic.filter(|_| project.semantic);
@@ -185,7 +185,7 @@ impl ResponseCache {
     }
 }
 
-fn build_entry(answer: Answer, exact: [u8; 32], event: &UsageEvent, tokens: TokenCounts, now: i64, expires: i64) -> CachedEntry {
+fn build_entry(content: ResponseContent, exact: [u8; 32], event: &UsageEvent, tokens: TokenCounts, now: i64, expires: i64) -> CachedEntry {
     CachedEntry {
         exact,
         project_id: event.project_id.clone(),
@@ -193,16 +193,16 @@ fn build_entry(answer: Answer, exact: [u8; 32], event: &UsageEvent, tokens: Toke
         salient: None,
         created_at_ms: now,
         expires_at_ms: expires,
-        form: answer.form,
-        id: answer.id,
-        model: answer.model,
-        created: answer.created,
-        system_fingerprint: answer.system_fingerprint,
-        choices: answer.choices,
-        usage: answer.usage,
+        form: content.form,
+        id: content.id,
+        model: content.model,
+        created: content.created,
+        system_fingerprint: content.system_fingerprint,
+        choices: content.choices,
+        usage: content.usage,
         cost_usd: event.cost_usd,
         tokens,
-        json_body: answer.json_body,
+        json_body: content.json_body,
     }
 }
 

@@ -1,5 +1,5 @@
 //! The response cache: exact hits on a normalized request key, semantic hits on the embedding of
-//! the last user message within the same context, and the storing of complete answers.
+//! the last user message within the same context, and the storing of complete responses.
 //!
 //! `key`, `policy`, `entry`, `replay` and `guard` are plain functions; `store` holds the entries
 //! and the vector index; `flow` runs a lookup and a store for the proxy hooks; `respond` writes a

@@ -1,4 +1,4 @@
-//! Rendering a cached answer for a hit: as a JSON body, or as a stream of
+//! Rendering a cached response for a hit: as a JSON body, or as a stream of
 //! `chat.completion.chunk` events that ends with the finish reason, an optional usage chunk and
 //! `data: [DONE]`.
 

@@ -45,7 +45,7 @@ impl Gateway {
             stream: ctx.request.as_ref().is_some_and(|r| r.stream),
             event,
         };
-        cache.store_answer(&mut ctx.cache, &request);
+        cache.store_response(&mut ctx.cache, &request);
         debug!(request_id = %ctx.id, status = ctx.cache.status.name(), "cache updated");
     }
 }
