@@ -24,16 +24,28 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Sets the variable named $1 to a port that was free on 127.0.0.1 and that this script has not
+# handed out before: the probe socket closes before the server binds, so the kernel may offer the
+# same port twice.
+ISSUED_PORTS=" "
+pick_port() {
+    local candidate
+    while :; do
+        candidate=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+        [[ $ISSUED_PORTS == *" $candidate "* ]] || break
+    done
+    ISSUED_PORTS+="$candidate "
+    printf -v "$1" %s "$candidate"
+}
 [[ -x "$BIN" ]] || { echo "cache_load.sh: build first: cargo build --release" >&2; exit 1; }
 [[ -f "$MODEL_DIR/model.safetensors" ]] || { echo "cache_load.sh: install the model: bash scripts/install-model.sh" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "cache_load.sh: wrk is missing: apt-get install wrk" >&2; exit 1; }
 
-MOCK_PORT=$(free_port)
+pick_port MOCK_PORT
 taskset -c 1 "$BIN" mock-upstream --listen "127.0.0.1:$MOCK_PORT" > "$WORK/mock.out" 2>&1 &
 PIDS+=($!)
-LISTEN_PORT=$(free_port)
-ADMIN_PORT=$(free_port)
+pick_port LISTEN_PORT
+pick_port ADMIN_PORT
 mkdir -p "$WORK/conf" "$WORK/state"
 cp "$ROOT/conf/pricing.yaml" "$WORK/conf/pricing.yaml"
 cat > "$WORK/conf/watchllm.yaml" <<YAML

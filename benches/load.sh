@@ -94,8 +94,18 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+# Sets the variable named $1 to a port that was free on 127.0.0.1 and that this script has not
+# handed out before: the probe socket closes before the server binds, so the kernel may offer the
+# same port twice.
+ISSUED_PORTS=" "
+pick_port() {
+    local candidate
+    while :; do
+        candidate=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        [[ $ISSUED_PORTS == *" $candidate "* ]] || break
+    done
+    ISSUED_PORTS+="$candidate "
+    printf -v "$1" %s "$candidate"
 }
 
 # Waits until something accepts connections on 127.0.0.1:$1, for at most 30 s.
@@ -120,11 +130,11 @@ start_pinned() {
     LAST_PID=$!
 }
 
-MOCK_PORT=$(free_port)
-NGINX_PORT=$(free_port)
-PASSTHROUGH_PORT=$(free_port)
-GATEWAY_PORT=$(free_port)
-ADMIN_PORT=$(free_port)
+pick_port MOCK_PORT
+pick_port NGINX_PORT
+pick_port PASSTHROUGH_PORT
+pick_port GATEWAY_PORT
+pick_port ADMIN_PORT
 
 start_pinned $LOAD_CPU mock "$WATCHLLM" mock-upstream --listen "127.0.0.1:$MOCK_PORT"
 wait_for_port "$MOCK_PORT" "the mock provider" "$LAST_PID"
@@ -205,8 +215,8 @@ wait_for_port "$ADMIN_PORT" "WatchLLM's admin listener" "$GATEWAY_PID"
 export WATCHLLM_MASTER_KEY="bench-master-secret-$(date +%s%N)"
 start_variant() {
     local name=$1 extra=$2 port admin dir key
-    port=$(free_port)
-    admin=$(free_port)
+    pick_port port
+    pick_port admin
     dir="$WORK/$name"
     mkdir -p "$dir"
     cp "$ROOT/conf/pricing.yaml" "$dir/pricing.yaml"
