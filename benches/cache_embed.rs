@@ -1,18 +1,20 @@
-//! Embedding latency of the semantic cache's model (all-MiniLM-L6-v2, f32, CPU).
+//! Embedding latency of the semantic cache's model (all-MiniLM-L6-v2, CPU).
 //!
 //! Run with `cargo bench --bench cache_embed`; the model must be installed
 //! (`bash scripts/install-model.sh`, or `WATCHLLM_MODEL_DIR`). Criterion measures one 30-token
-//! prompt and a batch of 32. It also runs the same prompt through candle's own BERT
+//! prompt and a batch of 32 with the fastest weight precision of the CPU, and one prompt again with
+//! f32 weights where that precision is bf16. It also runs the same prompt through candle's own BERT
 //! implementation, the reference in the same run. Then 64 concurrent requesters drive the
-//! embedding pool to measure prompts per second with batching, printed as `pool: ...`
-//! (`WATCHLLM_BENCH_EMBED_POOL=0` skips it). docs/BENCHMARKS.md records the figures.
+//! embedding pool to measure prompts per second with batching, printed as `pool: ...`, and
+//! again with f32 weights and 2 workers where the fastest precision is bf16
+//! (`WATCHLLM_BENCH_EMBED_POOL=0` skips the pool). docs/BENCHMARKS.md records the figures.
 
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use watchllm::embed::{EmbedPool, Embedder, PoolOptions};
+use watchllm::embed::{EmbedPool, Embedder, PoolOptions, Precision};
 
 /// A prompt of 30 tokens with the two special tokens (checked below).
 const PROMPT: &str = "How can I configure my home router so that the guest network cannot reach the printer but still gets fast internet access at night";
@@ -32,10 +34,15 @@ fn embedding(c: &mut Criterion) {
     let embedder = Embedder::load(&model_dir(), 256).expect("install the model with bash scripts/install-model.sh");
     assert_eq!(embedder.token_count(PROMPT).expect("tokens"), 30, "the benchmark prompt should have 30 tokens");
     println!("embedding: candle sees {} thread(s) (RAYON_NUM_THREADS or the CPUs available)", candle_core::utils::get_num_threads());
+    println!("embedding: the encoder's weights are {:?}", embedder.precision());
     let mut group = c.benchmark_group("embedding");
     group.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
     group.throughput(Throughput::Elements(1));
     group.bench_function("single_30_tokens", |b| b.iter(|| black_box(embedder.embed(black_box(PROMPT)).unwrap())));
+    if embedder.precision() != Precision::F32 {
+        let f32_embedder = Embedder::load_with_precision(&model_dir(), 256, Precision::F32).expect("model");
+        group.bench_function("single_30_tokens_f32", |b| b.iter(|| black_box(f32_embedder.embed(black_box(PROMPT)).unwrap())));
+    }
     let reference = CandleBert::load(&model_dir());
     group.bench_function("single_30_tokens_candle_reference", |b| b.iter(|| black_box(reference.embed(black_box(PROMPT)))));
     let batch = prompts(32);
@@ -70,9 +77,10 @@ impl CandleBert {
     }
 }
 
-/// Prompts per second through the pool with `requesters` concurrent tasks, `threads` workers.
-fn pool_throughput(threads: usize, requesters: usize, per_requester: usize) -> f64 {
-    let embedder = Embedder::load(&model_dir(), 256).expect("model");
+/// Prompts per second through the pool with `requesters` concurrent tasks, `threads` workers and
+/// weights in `precision`.
+fn pool_throughput(precision: Precision, threads: usize, requesters: usize, per_requester: usize) -> f64 {
+    let embedder = Embedder::load_with_precision(&model_dir(), 256, precision).expect("model");
     let pool = EmbedPool::start(embedder, PoolOptions { threads, max_batch: 32, queue_capacity: 1024 }).expect("pool");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     runtime.block_on(async {
@@ -97,9 +105,14 @@ fn pool(_: &mut Criterion) {
     if std::env::var("WATCHLLM_BENCH_EMBED_POOL").is_ok_and(|v| v == "0") {
         return;
     }
+    let fastest = Precision::fastest();
     for threads in [1, 2] {
-        let rate = pool_throughput(threads, 64, 16);
-        println!("pool: {threads} worker thread(s), 64 concurrent requesters: {rate:.0} prompts/s");
+        let rate = pool_throughput(fastest, threads, 64, 16);
+        println!("pool: {threads} worker thread(s), {fastest:?} weights, 64 concurrent requesters: {rate:.0} prompts/s");
+    }
+    if fastest != Precision::F32 {
+        let rate = pool_throughput(Precision::F32, 2, 64, 16);
+        println!("pool: 2 worker thread(s), F32 weights, 64 concurrent requesters: {rate:.0} prompts/s");
     }
 }
 

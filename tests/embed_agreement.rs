@@ -1,7 +1,8 @@
 //! Checks the gateway's BERT encoder against candle's reference implementation of the same model
 //! (`candle_transformers::models::bert`, exact GELU, f32) on every prompt of the labelled set in
-//! tests/data/cache_pairs.jsonl. The faster encoder must keep a cosine agreement of at least 0.99
-//! with the reference on each prompt; the figures are printed with `--nocapture`.
+//! tests/data/cache_pairs.jsonl. The encoder must keep a cosine agreement of at least 0.99 with
+//! the reference on each prompt, in each weight precision that the CPU supports: f32 everywhere,
+//! bf16 with AVX-512. `--nocapture` prints the figures.
 //!
 //! The model must be installed (`bash scripts/install-model.sh`); `WATCHLLM_MODEL_DIR` overrides
 //! its place.
@@ -11,7 +12,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
-use watchllm::embed::{cosine, Embedder, INSTALL_COMMAND};
+use watchllm::embed::{cosine, Embedder, Precision, INSTALL_COMMAND};
 
 fn model_dir() -> PathBuf {
     match std::env::var("WATCHLLM_MODEL_DIR") {
@@ -67,18 +68,27 @@ impl Reference {
 #[test]
 fn encoder_agrees_with_the_reference_model() {
     let dir = model_dir();
-    let embedder = Embedder::load(&dir, 256).unwrap_or_else(|e| panic!("{e}; install the model with `{INSTALL_COMMAND}`"));
     let reference = Reference::load(&dir);
     let prompts = prompts();
     assert!(prompts.len() >= 200, "the labelled set should give at least 200 prompts, got {}", prompts.len());
-
-    // Batches of 32 prompts, as the pool sends them, so that batching is checked too.
     let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
-    let ours: Vec<Vec<f32>> = texts.chunks(32).flat_map(|batch| embedder.embed_batch(batch).into_iter().map(|r| r.unwrap())).collect();
-    let agreements: Vec<f32> = texts.iter().zip(&ours).map(|(text, vector)| cosine(vector, &reference.embed(text))).collect();
+    let expected: Vec<Vec<f32>> = texts.iter().map(|text| reference.embed(text)).collect();
 
-    let lowest = agreements.iter().copied().fold(f32::INFINITY, f32::min);
-    let mean = agreements.iter().sum::<f32>() / agreements.len() as f32;
-    println!("cosine agreement with the reference on {} prompts: mean {mean:.6}, lowest {lowest:.6}", agreements.len());
-    assert!(lowest >= 0.99, "lowest agreement {lowest} is below 0.99");
+    for precision in [Precision::F32, Precision::Bf16] {
+        if !precision.is_supported() {
+            println!("{precision:?}: skipped, this CPU does not support it");
+            continue;
+        }
+        let embedder = Embedder::load_with_precision(&dir, 256, precision)
+            .unwrap_or_else(|e| panic!("{e}; install the model with `{INSTALL_COMMAND}`"));
+
+        // Batches of 32 prompts, as the pool sends them, so that batching is checked too.
+        let ours: Vec<Vec<f32>> = texts.chunks(32).flat_map(|batch| embedder.embed_batch(batch).into_iter().map(|r| r.unwrap())).collect();
+        let agreements: Vec<f32> = ours.iter().zip(&expected).map(|(vector, reference)| cosine(vector, reference)).collect();
+
+        let lowest = agreements.iter().copied().fold(f32::INFINITY, f32::min);
+        let mean = agreements.iter().sum::<f32>() / agreements.len() as f32;
+        println!("{precision:?}: cosine agreement with the reference on {} prompts: mean {mean:.6}, lowest {lowest:.6}", agreements.len());
+        assert!(lowest >= 0.99, "{precision:?}: lowest agreement {lowest} is below 0.99");
+    }
 }

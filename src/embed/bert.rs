@@ -4,14 +4,17 @@
 //! multiplying at this model's size (a few dozen tokens, 384 wide). This encoder keeps one
 //! buffer per stage, multiplies with weights packed once at load ([`PackedLinear`]) and fuses
 //! the query, key and value projections into one product. The arithmetic is that of the model
-//! except for GELU, which uses its tanh form (within 5e-4 of the exact one). An integration test,
-//! `tests/embed_agreement.rs`, checks the embeddings against candle's reference implementation.
+//! with two exceptions. GELU uses its tanh form (within 5e-4 of the exact one). On CPUs with
+//! AVX-512 the linear layers' weights are stored as bf16 (8 significant bits), while activations,
+//! sums, attention, layer norm and GELU stay f32. An integration test, `tests/embed_agreement.rs`,
+//! checks the embeddings of both precisions against candle's reference implementation.
 
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
+use pulp::{Arch, Simd, WithSimd};
 
-use super::kernels::PackedLinear;
+use super::kernels::{PackedLinear, Precision};
 
 /// The shape of a BERT encoder, from the model's `config.json`.
 #[derive(Clone, Copy, Debug)]
@@ -48,9 +51,10 @@ pub struct Bert {
     layers: Vec<Layer>,
 }
 
-/// The tensors of a safetensors file by name.
+/// The tensors of a safetensors file by name, and the precision to pack the linear layers in.
 struct Weights {
     tensors: HashMap<String, Tensor>,
+    precision: Precision,
 }
 
 impl Weights {
@@ -79,19 +83,23 @@ impl Weights {
     fn linear(&self, prefix: &str, outputs: usize, inputs: usize) -> Result<PackedLinear, String> {
         let weight = self.get(&format!("{prefix}.weight"), &[outputs, inputs])?;
         let bias = self.get(&format!("{prefix}.bias"), &[outputs])?;
-        Ok(PackedLinear::pack(&weight, bias, outputs, inputs))
+        Ok(PackedLinear::pack(self.precision, &weight, bias, outputs, inputs))
     }
 }
 
 impl Bert {
-    /// Reads the encoder from the bytes of a safetensors file. Tensor names may carry a
-    /// `bert.` prefix, as some exports do.
-    pub fn load(safetensors: &[u8], shape: Shape) -> Result<Bert, String> {
+    /// Reads the encoder from the bytes of a safetensors file and packs its linear layers in
+    /// `precision`, which the CPU must support. Tensor names may carry a `bert.` prefix, as some
+    /// exports do.
+    pub fn load(safetensors: &[u8], shape: Shape, precision: Precision) -> Result<Bert, String> {
+        if !precision.is_supported() {
+            return Err(format!("{precision:?} weights are not supported on this CPU; load the model with Precision::F32"));
+        }
         let mut tensors = candle_core::safetensors::load_buffer(safetensors, &Device::Cpu).map_err(|e| e.to_string())?;
         if !tensors.contains_key("embeddings.word_embeddings.weight") {
             tensors = tensors.into_iter().map(|(name, t)| (name.strip_prefix("bert.").unwrap_or(&name).to_string(), t)).collect();
         }
-        let weights = Weights { tensors };
+        let weights = Weights { tensors, precision };
         let Shape { hidden, intermediate, .. } = shape;
         let word = weights.rows("embeddings.word_embeddings.weight", hidden)?;
         let position = weights.get("embeddings.position_embeddings.weight", &[shape.max_positions, hidden])?;
@@ -108,7 +116,7 @@ impl Bert {
                 qkv_bias.extend(weights.get(&format!("{prefix}.attention.self.{part}.bias"), &[hidden])?);
             }
             layers.push(Layer {
-                qkv: PackedLinear::pack(&qkv_weight, qkv_bias, 3 * hidden, hidden),
+                qkv: PackedLinear::pack(precision, &qkv_weight, qkv_bias, 3 * hidden, hidden),
                 attention_out: weights.linear(&format!("{prefix}.attention.output.dense"), hidden, hidden)?,
                 attention_norm: weights.norm(&format!("{prefix}.attention.output.LayerNorm"), hidden)?,
                 intermediate: weights.linear(&format!("{prefix}.intermediate.dense"), intermediate, hidden)?,
@@ -122,6 +130,11 @@ impl Bert {
     /// Returns the mean-pooled, L2-normalized embedding of each sequence of token ids. The
     /// sequences share the matrix products without padding, and attention stays within each.
     pub fn embed(&self, sequences: &[&[u32]]) -> Vec<Vec<f32>> {
+        Arch::new().dispatch(EmbedPass { bert: self, sequences })
+    }
+
+    #[inline(always)]
+    fn embed_with_cpu_features(&self, sequences: &[&[u32]]) -> Vec<Vec<f32>> {
         let hidden = self.shape.hidden;
         let vocabulary = self.word.len() / hidden;
         let lengths: Vec<usize> = sequences.iter().map(|ids| ids.len().min(self.shape.max_positions)).collect();
@@ -176,6 +189,7 @@ impl Bert {
 
     /// Multi-head self-attention over one sequence: `qkv` contains `[q | k | v]` per token, and
     /// `context` (zeros) receives the attended values.
+    #[inline(always)]
     fn attention(&self, qkv: &[f32], context: &mut [f32]) {
         let hidden = self.shape.hidden;
         let length = context.len() / hidden;
@@ -192,11 +206,11 @@ impl Bert {
                     *weight = dot(query, key) * scale;
                     largest = largest.max(*weight);
                 }
-                let mut total = 0.0;
+                // Two loops, because a running sum in the first would keep it from vectorizing.
                 for weight in weights.iter_mut() {
                     *weight = exp(*weight - largest);
-                    total += *weight;
                 }
+                let total: f32 = weights.iter().sum();
                 let out = &mut context[i * hidden + offset..][..head_width];
                 for (j, weight) in weights.iter().enumerate() {
                     let value = &qkv[j * 3 * hidden + 2 * hidden + offset..][..head_width];
@@ -210,6 +224,25 @@ impl Bert {
     }
 }
 
+/// One forward pass, which pulp compiles, with the `#[inline(always)]` helpers that it calls,
+/// once per instruction set and runs with the widest that the CPU has. The loops of attention,
+/// layer norm and GELU then use AVX-512 where the CPU has it, rather than the SSE2 of the x86-64
+/// baseline. The matrix products choose their own code.
+struct EmbedPass<'a> {
+    bert: &'a Bert,
+    sequences: &'a [&'a [u32]],
+}
+
+impl WithSimd for EmbedPass<'_> {
+    type Output = Vec<Vec<f32>>;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) -> Vec<Vec<f32>> {
+        self.bert.embed_with_cpu_features(self.sequences)
+    }
+}
+
+#[inline(always)]
 fn add(target: &mut [f32], other: &[f32]) {
     for (t, o) in target.iter_mut().zip(other) {
         *t += o;
@@ -217,6 +250,7 @@ fn add(target: &mut [f32], other: &[f32]) {
 }
 
 /// Computes a dot product with eight partial sums, which the compiler turns into vector code.
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut sums = [0.0f32; 8];
     let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -230,6 +264,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Normalizes each row of `rows` to zero mean and unit variance, then scales and shifts it.
+#[inline(always)]
 fn layer_norm(rows: &mut [f32], norm: &Norm, eps: f32) {
     let width = norm.weight.len();
     for row in rows.chunks_exact_mut(width) {
@@ -243,6 +278,7 @@ fn layer_norm(rows: &mut [f32], norm: &Norm, eps: f32) {
 }
 
 /// GELU in its tanh form: `x / (1 + exp(-2·√(2/π)·(x + 0.044715·x³)))`.
+#[inline(always)]
 fn gelu(x: f32) -> f32 {
     const TWICE_SQRT_2_OVER_PI: f32 = 1.595_769;
     x / (1.0 + exp(-TWICE_SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)))
@@ -250,6 +286,7 @@ fn gelu(x: f32) -> f32 {
 
 /// `e^x` within 1e-6 relative error, without branches or library calls, so that loops over it
 /// become vector code. Arguments beyond ±87 are clamped.
+#[inline(always)]
 fn exp(x: f32) -> f32 {
     // e^x = 2^n · e^r with n = round(x / ln 2) and |r| ≤ ln 2 / 2. r is computed with ln 2 in
     // two parts (Cody and Waite) so that it stays exact for large n.
@@ -257,7 +294,11 @@ fn exp(x: f32) -> f32 {
     const LN2_HIGH: f32 = 0.693_359_4;
     const LN2_LOW: f32 = -2.121_944_4e-4;
     let x = x.clamp(-87.0, 87.0);
-    let n = (x * std::f32::consts::LOG2_E + ROUNDING) - ROUNDING;
+    let shifted = x * std::f32::consts::LOG2_E + ROUNDING;
+    let n = shifted - ROUNDING;
+    // The low mantissa bits of `shifted` hold n, so integer subtraction recovers it without a
+    // float-to-integer conversion, whose saturating form in Rust does not vectorize well.
+    let n_bits = shifted.to_bits() as i32 - ROUNDING.to_bits() as i32;
     let r = (x - n * LN2_HIGH) - n * LN2_LOW;
     // Taylor series of e^r to the seventh power.
     let p = 1.0 / 5040.0;
@@ -268,7 +309,7 @@ fn exp(x: f32) -> f32 {
     let p = p * r + 0.5;
     let p = p * r + 1.0;
     let p = p * r + 1.0;
-    f32::from_bits(((n as i32 + 127) << 23) as u32) * p
+    f32::from_bits(((n_bits + 127) << 23) as u32) * p
 }
 
 #[cfg(test)]

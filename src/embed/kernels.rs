@@ -5,9 +5,17 @@
 //! costs about as much as the arithmetic, so here the weights are packed once, when the model
 //! loads, into panels of [`PANEL`] output columns whose values for one input index lie side by
 //! side. A product then streams each panel once per block of rows and keeps the block's sums in
-//! registers. `pulp` picks AVX-512, AVX2 or plain code at run time.
+//! registers.
+//!
+//! The weights come in two precisions. On CPUs with AVX-512 they are stored as bf16 and widened
+//! to f32 in registers (module `bf16`), which halves the bytes that each product reads.
+//! Elsewhere, or on request, they stay f32, and `pulp` picks AVX-512, AVX2 or plain code at run
+//! time. Inputs and sums are f32 in both.
 
 use pulp::{Arch, Simd, WithSimd};
+
+#[cfg(target_arch = "x86_64")]
+mod bf16;
 
 /// Output columns per packed panel.
 pub const PANEL: usize = 32;
@@ -15,31 +23,73 @@ pub const PANEL: usize = 32;
 /// Input rows per pass over the weights: a multiple of every block size used below.
 const CHUNK_ROWS: usize = 96;
 
+/// The number format of the packed weights. Inputs, outputs and sums are f32 in both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 weights, on any CPU.
+    F32,
+    /// bf16 weights, on x86-64 CPUs with AVX-512F.
+    Bf16,
+}
+
+impl Precision {
+    /// Returns bf16 where the CPU supports it, else f32.
+    pub fn fastest() -> Precision {
+        if Precision::Bf16.is_supported() {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        }
+    }
+
+    /// Reports whether this CPU can run products in this precision.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Precision::F32 => true,
+            #[cfg(target_arch = "x86_64")]
+            Precision::Bf16 => bf16::is_available(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Precision::Bf16 => false,
+        }
+    }
+}
+
 /// A weight matrix of `outputs × inputs` (PyTorch's layout for a linear layer), packed into
 /// panels, with its bias.
 pub struct PackedLinear {
     inputs: usize,
     outputs: usize,
-    /// Panel `p` contains, for each input index `t`, the weights of outputs `p * PANEL ..` for `t`.
-    panels: Vec<f32>,
+    panels: Panels,
     bias: Vec<f32>,
 }
 
+enum Panels {
+    /// Panel `p` contains, for each input index `t`, the weights of outputs `p * PANEL ..` for `t`.
+    F32(Vec<f32>),
+    /// The same panels in bf16, with outputs `c` and `c + 16` of one input in one 32-bit lane
+    /// (`bf16::WeightVector`).
+    #[cfg(target_arch = "x86_64")]
+    Bf16(Vec<bf16::WeightVector>),
+}
+
 impl PackedLinear {
-    /// Packs `weight`, row-major `outputs × inputs`. `outputs` must be a multiple of [`PANEL`].
-    pub fn pack(weight: &[f32], bias: Vec<f32>, outputs: usize, inputs: usize) -> PackedLinear {
+    /// Packs `weight`, row-major `outputs × inputs`, in `precision`. `outputs` must be a multiple
+    /// of [`PANEL`].
+    ///
+    /// # Panics
+    /// If the CPU does not support `precision`, or a shape does not match.
+    pub fn pack(precision: Precision, weight: &[f32], bias: Vec<f32>, outputs: usize, inputs: usize) -> PackedLinear {
         assert_eq!(weight.len(), outputs * inputs, "weight shape");
         assert_eq!(bias.len(), outputs, "bias length");
         assert_eq!(outputs % PANEL, 0, "outputs must be a multiple of {PANEL}");
-        let mut panels = vec![0.0; outputs * inputs];
-        for panel in 0..outputs / PANEL {
-            let base = panel * PANEL * inputs;
-            for t in 0..inputs {
-                for c in 0..PANEL {
-                    panels[base + t * PANEL + c] = weight[(panel * PANEL + c) * inputs + t];
-                }
-            }
-        }
+        assert!(precision.is_supported(), "this CPU cannot run {precision:?} products");
+        let panels = match precision {
+            Precision::F32 => Panels::F32(pack_f32(weight, outputs, inputs)),
+            #[cfg(target_arch = "x86_64")]
+            Precision::Bf16 => Panels::Bf16(bf16::pack(weight, outputs, inputs)),
+            #[cfg(not(target_arch = "x86_64"))]
+            Precision::Bf16 => unreachable!("bf16 is not supported off x86-64"),
+        };
         PackedLinear { inputs, outputs, panels, bias }
     }
 
@@ -48,13 +98,32 @@ impl PackedLinear {
         assert_eq!(x.len() % self.inputs, 0, "input width");
         let rows = x.len() / self.inputs;
         let mut out = vec![0.0; rows * self.outputs];
-        Arch::new().dispatch(Product { layer: self, x, out: &mut out, rows });
+        match &self.panels {
+            Panels::F32(panels) => Arch::new().dispatch(Product { layer: self, panels, x, out: &mut out, rows }),
+            #[cfg(target_arch = "x86_64")]
+            Panels::Bf16(panels) => bf16::forward(panels, &self.bias, x, &mut out, self.inputs),
+        }
         out
     }
 }
 
+fn pack_f32(weight: &[f32], outputs: usize, inputs: usize) -> Vec<f32> {
+    let mut panels = vec![0.0; outputs * inputs];
+    for panel in 0..outputs / PANEL {
+        let base = panel * PANEL * inputs;
+        for t in 0..inputs {
+            for c in 0..PANEL {
+                panels[base + t * PANEL + c] = weight[(panel * PANEL + c) * inputs + t];
+            }
+        }
+    }
+    panels
+}
+
+/// The f32 product: `pulp` runs it with the widest vectors of the CPU.
 struct Product<'a> {
     layer: &'a PackedLinear,
+    panels: &'a [f32],
     x: &'a [f32],
     out: &'a mut [f32],
     rows: usize,
@@ -79,7 +148,7 @@ impl Product<'_> {
     #[inline(always)]
     fn run<S: Simd, const ROWS: usize, const VECTORS: usize>(self, simd: S) {
         debug_assert_eq!(VECTORS * S::F32_LANES, PANEL);
-        let Product { layer, x, out, rows } = self;
+        let Product { layer, panels, x, out, rows } = self;
         let inputs = layer.inputs;
         // Rows in chunks that stay in the core's cache together with one panel, so that a large
         // batch reads its input once per chunk rather than once per panel.
@@ -89,7 +158,7 @@ impl Product<'_> {
             let blocks: Vec<(usize, usize)> =
                 (chunk_start..chunk_end).step_by(ROWS).map(|first| (first, ROWS.min(chunk_end - first))).collect();
             for panel in 0..layer.outputs / PANEL {
-                let weights = &layer.panels[panel * PANEL * inputs..(panel + 1) * PANEL * inputs];
+                let weights = &panels[panel * PANEL * inputs..(panel + 1) * PANEL * inputs];
                 let bias = &layer.bias[panel * PANEL..(panel + 1) * PANEL];
                 for &(first, count) in &blocks {
                     let xs = &x[first * inputs..][..count * inputs];
@@ -175,7 +244,7 @@ mod tests {
         let (outputs, inputs) = (64, 40);
         let weight = values(outputs * inputs, 1);
         let bias = values(outputs, 2);
-        let layer = PackedLinear::pack(&weight, bias.clone(), outputs, inputs);
+        let layer = PackedLinear::pack(Precision::F32, &weight, bias.clone(), outputs, inputs);
         for rows in [1, 2, 5, 6, 7, 13, 26] {
             let x = values(rows * inputs, 3 + rows as u32);
             let expected = reference(&x, &weight, &bias, rows, outputs, inputs);
@@ -187,9 +256,104 @@ mod tests {
         }
     }
 
+    /// Shapes with every remainder: odd input widths and widths that are not a multiple of 32,
+    /// an odd number of panels, row counts below, at and above a block, and above `CHUNK_ROWS`.
+    const ODD_SHAPES: [(usize, usize); 5] = [(32, 1), (96, 37), (64, 45), (32, 100), (96, 384)];
+    const ROW_COUNTS: [usize; 12] = [1, 2, 3, 7, 8, 9, 11, 12, 13, 30, 97, 200];
+
+    #[test]
+    fn f32_product_with_odd_sizes() {
+        for (outputs, inputs) in ODD_SHAPES {
+            let weight = values(outputs * inputs, 5);
+            let bias = values(outputs, 6);
+            let layer = PackedLinear::pack(Precision::F32, &weight, bias.clone(), outputs, inputs);
+            for rows in ROW_COUNTS {
+                let x = values(rows * inputs, 7 + rows as u32);
+                let expected = reference(&x, &weight, &bias, rows, outputs, inputs);
+                let got = layer.forward(&x);
+                assert_eq!(got.len(), expected.len());
+                for (i, (a, b)) in got.iter().zip(&expected).enumerate() {
+                    let tolerance = 1e-5 * (inputs as f32).max(10.0);
+                    assert!((a - b).abs() < tolerance, "{outputs}x{inputs}, rows {rows}, value {i}: {a} against {b}");
+                }
+            }
+        }
+    }
+
     #[test]
     #[should_panic(expected = "multiple of")]
     fn pack_rejects_partial_panel() {
-        PackedLinear::pack(&[0.0; 20], vec![0.0; 10], 10, 2);
+        PackedLinear::pack(Precision::F32, &[0.0; 20], vec![0.0; 10], 10, 2);
+    }
+
+    #[test]
+    fn fastest_precision_is_supported() {
+        assert!(Precision::fastest().is_supported());
+        assert!(Precision::F32.is_supported());
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod bf16_product {
+        use super::super::bf16::to_bf16;
+        use super::*;
+
+        fn from_bf16(bits: u16) -> f32 {
+            f32::from_bits(u32::from(bits) << 16)
+        }
+
+        fn rounded(values: &[f32]) -> Vec<f32> {
+            values.iter().map(|&v| from_bf16(to_bf16(v))).collect()
+        }
+
+        /// Returns false, with a note on stderr, where the CPU lacks AVX-512.
+        fn supported() -> bool {
+            let supported = Precision::Bf16.is_supported();
+            if !supported {
+                eprintln!("skipped: this CPU lacks AVX-512");
+            }
+            supported
+        }
+
+        #[test]
+        fn to_bf16_rounds_to_nearest_even() {
+            assert_eq!(to_bf16(1.0), 0x3f80);
+            assert_eq!(to_bf16(-2.0), 0xc000);
+            // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7, and the even neighbour is 1.
+            assert_eq!(to_bf16(f32::from_bits(0x3f80_8000)), 0x3f80);
+            // 1 + 3·2^-8 lies halfway between 1 + 2^-7 and 1 + 2^-6, and the even one is above.
+            assert_eq!(to_bf16(f32::from_bits(0x3f81_8000)), 0x3f82);
+            assert_eq!(to_bf16(f32::from_bits(0x3f80_8001)), 0x3f81);
+            assert_eq!(to_bf16(f32::INFINITY), 0x7f80);
+            assert_eq!(to_bf16(f32::MAX), 0x7f80, "the largest f32 rounds up to infinity");
+            assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+        }
+
+        /// Compares with plain loops over the bf16-rounded weights, which the kernel must match up
+        /// to f32 summation order, and over the f32 weights, within bf16's rounding error.
+        #[test]
+        fn bf16_product_matches_plain_loops() {
+            if !supported() {
+                return;
+            }
+            for (outputs, inputs) in ODD_SHAPES {
+                let weight = values(outputs * inputs, 11);
+                let bias = values(outputs, 12);
+                let layer = PackedLinear::pack(Precision::Bf16, &weight, bias.clone(), outputs, inputs);
+                for rows in ROW_COUNTS {
+                    let x = values(rows * inputs, 13 + rows as u32);
+                    let got = layer.forward(&x);
+                    let exact = reference(&x, &rounded(&weight), &bias, rows, outputs, inputs);
+                    let unrounded = reference(&x, &weight, &bias, rows, outputs, inputs);
+                    assert_eq!(got.len(), exact.len());
+                    for (i, ((a, b), c)) in got.iter().zip(&exact).zip(&unrounded).enumerate() {
+                        let tolerance = 1e-5 * (inputs as f32).max(10.0);
+                        assert!((a - b).abs() < tolerance, "{outputs}x{inputs}, rows {rows}, value {i}: {a} against {b} (bf16 weights)");
+                        // Each term has a relative error of at most 2^-9 and a magnitude below 1.
+                        let bound = inputs as f32 * 2.0f32.powi(-9);
+                        assert!((a - c).abs() < bound, "{outputs}x{inputs}, rows {rows}, value {i}: {a} against {c} (f32 weights)");
+                    }
+                }
+            }
+        }
     }
 }

@@ -6,5 +6,6 @@ mod kernels;
 pub mod model;
 pub mod pool;
 
+pub use kernels::Precision;
 pub use model::{check_model_dir, cosine, EmbedError, Embedder, DIMENSIONS, INSTALL_COMMAND};
 pub use pool::{EmbedPool, PoolOptions};

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use tokenizers::Tokenizer;
 
 use super::bert::{Bert, Shape};
+use super::kernels::Precision;
 
 /// Dimensions of an all-MiniLM-L6-v2 embedding.
 pub const DIMENSIONS: usize = 384;
@@ -52,6 +53,7 @@ pub enum EmbedError {
 /// A loaded model and its tokenizer. Not shared between threads: each pool worker loads its own.
 pub struct Embedder {
     model: Bert,
+    precision: Precision,
     tokenizer: Tokenizer,
     max_tokens: usize,
 }
@@ -68,9 +70,16 @@ pub fn check_model_dir(dir: &Path) -> Result<(), EmbedError> {
 }
 
 impl Embedder {
-    /// Loads the model from `dir`. Texts longer than `max_tokens` (including the two special
-    /// tokens) are rejected, not cut, so that two prompts differing only past the cut cannot match.
+    /// Loads the model from `dir`, with the fastest precision of this CPU
+    /// ([`Precision::fastest`]). Texts longer than `max_tokens` (including the two special tokens)
+    /// are rejected, not cut, so that two prompts differing only past the cut cannot match.
     pub fn load(dir: &Path, max_tokens: usize) -> Result<Embedder, EmbedError> {
+        Embedder::load_with_precision(dir, max_tokens, Precision::fastest())
+    }
+
+    /// Loads the model like [`Embedder::load`], with its linear layers' weights in `precision`.
+    /// Fails if the CPU does not support `precision`.
+    pub fn load_with_precision(dir: &Path, max_tokens: usize, precision: Precision) -> Result<Embedder, EmbedError> {
         check_model_dir(dir)?;
         let fail = |reason: String| EmbedError::Load { dir: dir.to_path_buf(), reason };
 
@@ -102,8 +111,13 @@ impl Embedder {
             max_positions: config.max_position_embeddings,
             layer_norm_eps: config.layer_norm_eps as f32,
         };
-        let model = Bert::load(&weights, shape).map_err(fail)?;
-        Ok(Embedder { model, tokenizer, max_tokens: max_tokens.min(config.max_position_embeddings) })
+        let model = Bert::load(&weights, shape, precision).map_err(fail)?;
+        Ok(Embedder { model, precision, tokenizer, max_tokens: max_tokens.min(config.max_position_embeddings) })
+    }
+
+    /// Returns the precision of the weights of the model's linear layers.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Embeds a batch of texts. Each result is its own: a text that is too long fails alone.

@@ -35,6 +35,7 @@ impl EmbedPool {
     pub fn start(embedder: Embedder, options: PoolOptions) -> std::io::Result<EmbedPool> {
         let (sender, receiver) = sync_channel::<Job>(options.queue_capacity.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
+        let precision = embedder.precision();
         let embedder = Arc::new(embedder);
         for number in 0..options.threads.max(1) {
             let receiver = receiver.clone();
@@ -44,7 +45,7 @@ impl EmbedPool {
                 .name(format!("watchllm-embed-{number}"))
                 .spawn(move || run_worker(&embedder, &receiver, max_batch))?;
         }
-        info!(threads = options.threads.max(1), max_batch = options.max_batch, "embedding pool started");
+        info!(threads = options.threads.max(1), max_batch = options.max_batch, ?precision, "embedding pool started");
         Ok(EmbedPool { sender })
     }
 
