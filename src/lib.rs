@@ -3,7 +3,8 @@
 //! Each folder is one concern of the gateway; `proxy` holds the thin `ProxyHttp` hooks that call
 //! into the others. docs/ARCHITECTURE.md walks a request through them.
 
-// `server::scheduling` is the one module allowed an `unsafe` block: a raw `sched_setattr` call.
+// Two modules are allowed `unsafe` blocks: `server::scheduling` for raw `sched_setattr` calls and
+// `embed::kernels::bf16` for AVX-512 loads and stores. Each block has a `SAFETY:` comment.
 #![deny(unsafe_code)]
 
 pub mod accounting;
