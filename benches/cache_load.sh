@@ -25,8 +25,8 @@ cleanup() {
 trap cleanup EXIT
 
 # Sets the variable named $1 to a port that was free on 127.0.0.1 and that this script has not
-# handed out before: the probe socket closes before the server binds, so the kernel may offer the
-# same port twice.
+# handed out before. The probe socket closes before the server binds, so the kernel may offer one
+# port twice.
 ISSUED_PORTS=" "
 pick_port() {
     local candidate
