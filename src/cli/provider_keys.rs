@@ -42,7 +42,8 @@ pub enum ProviderKeyAction {
     },
     /// Re-encrypt every stored key under a new master secret, all or nothing. The new secret is
     /// read from stdin, or from --new-secret-file. Afterwards, put the new secret where the config
-    /// reads it and restart the gateways.
+    /// reads it. Running gateways read a master_key_file again within
+    /// provider_keys.refresh_interval_ms. A secret in an environment variable needs a restart.
     RotateMaster {
         /// File holding the new master secret.
         #[arg(long)]
@@ -95,9 +96,14 @@ pub fn run(action: ProviderKeyAction) -> anyhow::Result<()> {
             };
             let new = MasterSecret::new(new_bytes.to_vec()).context("invalid new master secret")?;
             let source = runtime.routing.master_secret.describe();
+            let environment: std::collections::HashMap<String, String> = std::env::vars().collect();
+            let next_step = match runtime.routing.master_secret.file_path(&environment) {
+                Some(_) => "running gateways read it from there within provider_keys.refresh_interval_ms",
+                None => "then restart the gateways",
+            };
             with_store(&runtime, |store| async move {
                 let count = rotate_master(&store, &old, &new).await?;
-                eprintln!("re-encrypted {count} provider key(s) under the new master secret; put it in the {source} and restart the gateways");
+                eprintln!("re-encrypted {count} provider key(s) under the new master secret; put it in the {source}: {next_step}");
                 Ok(())
             })
         }

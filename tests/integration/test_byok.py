@@ -147,7 +147,8 @@ def test_rotate_master_keeps_keys_usable(gateway_factory) -> None:
     wrong = cli_with_input(gateway, new_master, "provider-key", "rotate-master", environment={"WATCHLLM_MASTER_KEY": OTHER_MASTER}, check=False)
     assert wrong.returncode != 0
     assert "nothing was changed" in wrong.stderr
-    cli_with_input(gateway, new_master + "\n", "provider-key", "rotate-master")
+    rotated = cli_with_input(gateway, new_master + "\n", "provider-key", "rotate-master")
+    assert "then restart the gateways" in rotated.stderr
 
     gateway.extra_environment["WATCHLLM_MASTER_KEY"] = new_master
     gateway.start()
@@ -173,7 +174,8 @@ def test_rotation_follows_secret_file(gateway_factory, tmp_path) -> None:
 
     new_file = tmp_path / "new-master.key"
     new_file.write_text(new_master + "\n")
-    gateway.cli("provider-key", "rotate-master", "--new-secret-file", str(new_file))
+    rotated = gateway.cli("provider-key", "rotate-master", "--new-secret-file", str(new_file))
+    assert "running gateways read it from there" in rotated.stderr
     new_file.replace(secret_file)
 
     def serves_own_key() -> bool:
