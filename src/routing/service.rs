@@ -246,12 +246,19 @@ mod tests {
         MasterSecret::new(text.as_bytes().to_vec()).expect("long enough")
     }
 
-    #[test]
-    fn master_file_change_is_picked_up() {
+    /// Writes `contents` to a secret file in a new temporary folder and returns the folder, which
+    /// deletes the file when dropped, the file's path and a source that reads it.
+    fn secret_file(contents: &str) -> (tempfile::TempDir, std::path::PathBuf, MasterSecretSource) {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("master.key");
+        std::fs::write(&path, contents).expect("write secret");
         let source = MasterSecretSource { env: String::new(), file: path.display().to_string() };
-        std::fs::write(&path, "first-master-secret-0001\n").expect("write secret");
+        (dir, path, source)
+    }
+
+    #[test]
+    fn master_file_change_is_picked_up() {
+        let (_dir, path, source) = secret_file("first-master-secret-0001\n");
         let vault = Vault::new(Some(secret("first-master-secret-0001")));
         let mut last_read = vault.master();
 
@@ -270,10 +277,7 @@ mod tests {
 
     #[test]
     fn master_admin_rotation_survives_old_file() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("master.key");
-        let source = MasterSecretSource { env: String::new(), file: path.display().to_string() };
-        std::fs::write(&path, "first-master-secret-0001").expect("write secret");
+        let (_dir, path, source) = secret_file("first-master-secret-0001");
         let vault = Vault::new(Some(secret("first-master-secret-0001")));
         let mut last_read = vault.master();
 

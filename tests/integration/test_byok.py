@@ -188,7 +188,7 @@ def test_rotation_follows_secret_file(gateway_factory, tmp_path) -> None:
 
     wait_until(serves_own_key, 10.0, "the gateway never decrypted the rotated key with the new secret file")
     assert gateway.mock.last_request()["headers"]["authorization"] == f"Bearer {byok_key}"
-    # The log is written by a background thread, so the line may come a little later.
+    # The routing service's thread writes this line, not the request, so the check polls.
     wait_until(lambda: "master_secret_changed=true" in gateway.stderr_text(), 5.0, "the log never reported the new master secret")
     log = gateway.stderr_text()
     for secret in (byok_key, MASTER, new_master):
