@@ -1,5 +1,8 @@
 use clap::Parser;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     // Each embedding worker is one thread. Left alone, candle would split every matrix product of a
     // short prompt across all cores, which is slower (about 23 ms instead of 18 ms for 30 tokens on

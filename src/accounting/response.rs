@@ -1,7 +1,11 @@
 //! Accounting's single pass over a complete (non-streamed) JSON response body.
 
-use serde::de::IgnoredAny;
-use serde::Deserialize;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use super::Usage;
@@ -22,11 +26,71 @@ pub struct ResponseSummary {
 #[derive(Deserialize)]
 struct Body {
     #[serde(default)]
-    usage: Option<Value>,
+    usage: Option<Object<UsageCounts>>,
     #[serde(default)]
     error: Option<IgnoredAny>,
     #[serde(default)]
     choices: Option<Vec<Choice>>,
+}
+
+/// A `usage` object's counts. A count that is not an integer fails this typed parse, and the
+/// generic parse then reads it as [`Usage::from_value`] does.
+#[derive(Deserialize)]
+struct UsageCounts {
+    #[serde(default)]
+    prompt_tokens: Option<i64>,
+    #[serde(default)]
+    completion_tokens: Option<i64>,
+    #[serde(default)]
+    total_tokens: Option<i64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<Object<Details>>,
+    #[serde(default)]
+    completion_tokens_details: Option<Object<Details>>,
+}
+
+#[derive(Deserialize)]
+struct Details {
+    #[serde(default)]
+    cached_tokens: Option<i64>,
+    #[serde(default)]
+    reasoning_tokens: Option<i64>,
+}
+
+impl UsageCounts {
+    fn usage(&self) -> Usage {
+        Usage::from_counts([
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.total_tokens,
+            self.prompt_tokens_details.as_ref().and_then(|d| d.0.cached_tokens),
+            self.completion_tokens_details.as_ref().and_then(|d| d.0.reasoning_tokens),
+        ])
+    }
+}
+
+/// A `T` read only from a JSON object. Derived structs also accept an array of their fields in
+/// order, which the generic parse would not read as counts.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = Object<T>;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Object<T>, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map)).map(Object)
+            }
+        }
+
+        deserializer.deserialize_map(ObjectVisitor(PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
@@ -58,7 +122,7 @@ impl ResponseSummary {
     }
 
     fn from_body(body: Body) -> ResponseSummary {
-        let usage = body.usage.as_ref().and_then(Usage::from_value);
+        let usage = body.usage.as_ref().map(|counts| counts.0.usage());
         let text = match usage {
             Some(_) => String::new(),
             None => body
@@ -124,6 +188,27 @@ mod tests {
         let summary = ResponseSummary::read(null_content);
         assert_eq!(summary.text, "ok");
         assert!(summary.is_error);
+    }
+
+    #[test]
+    fn typed_usage_matches_generic_parse() {
+        let usages = [
+            r#"{"prompt_tokens":14,"completion_tokens":12,"total_tokens":26}"#,
+            r#"{"prompt_tokens":14,"completion_tokens":12,"prompt_tokens_details":{"cached_tokens":8,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":5}}"#,
+            r#"{"prompt_tokens":-3,"completion_tokens":null,"total_tokens":0}"#,
+            r#"{"prompt_tokens":2.5,"completion_tokens":1}"#,
+            r#"{"prompt_tokens":"7","completion_tokens":1,"prompt_tokens_details":null}"#,
+            r#"{"prompt_tokens":18446744073709551615,"completion_tokens":1}"#,
+            r#"{}"#,
+            r#"null"#,
+            r#"[1,2]"#,
+            r#"{"prompt_tokens":3,"prompt_tokens_details":[5]}"#,
+        ];
+        for usage in usages {
+            let body = format!(r#"{{"choices":[{{"message":{{"content":"x"}}}}],"usage":{usage}}}"#);
+            let expected = Usage::from_value(&serde_json::from_str(usage).unwrap());
+            assert_eq!(ResponseSummary::read(body.as_bytes()).usage, expected, "usage {usage}");
+        }
     }
 
     #[test]

@@ -21,26 +21,29 @@ pub struct Usage {
     pub total_tokens: i64,
 }
 
-fn count(value: &Value, pointer: &str) -> i64 {
-    value.pointer(pointer).and_then(Value::as_i64).unwrap_or(0).max(0)
-}
-
 impl Usage {
-    /// Reads an OpenAI `usage` object. Returns `None` when `value` is not an object.
+    /// Builds the usage from a `usage` object's fields: prompt, completion, total, cached and
+    /// reasoning tokens, in that order. A missing or negative count is 0, and a missing total is
+    /// the sum of the prompt and completion tokens.
+    pub fn from_counts(counts: [Option<i64>; 5]) -> Usage {
+        let [prompt_tokens, completion_tokens, total, cached_tokens, reasoning_tokens] = counts.map(|count| count.unwrap_or(0).max(0));
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            cached_tokens,
+            reasoning_tokens,
+            total_tokens: if total > 0 { total } else { prompt_tokens + completion_tokens },
+        }
+    }
+
+    /// Reads an OpenAI `usage` object. Returns `None` when `value` is not an object. A count
+    /// that is not an integer counts as missing.
     pub fn from_value(value: &Value) -> Option<Usage> {
         if !value.is_object() {
             return None;
         }
-        let prompt_tokens = count(value, "/prompt_tokens");
-        let completion_tokens = count(value, "/completion_tokens");
-        let total = count(value, "/total_tokens");
-        Some(Usage {
-            prompt_tokens,
-            completion_tokens,
-            cached_tokens: count(value, "/prompt_tokens_details/cached_tokens"),
-            reasoning_tokens: count(value, "/completion_tokens_details/reasoning_tokens"),
-            total_tokens: if total > 0 { total } else { prompt_tokens + completion_tokens },
-        })
+        let pointers = ["/prompt_tokens", "/completion_tokens", "/total_tokens", "/prompt_tokens_details/cached_tokens", "/completion_tokens_details/reasoning_tokens"];
+        Some(Usage::from_counts(pointers.map(|pointer| value.pointer(pointer).and_then(Value::as_i64))))
     }
 
     /// Reads the `usage` field of a complete (non-streamed) response body.

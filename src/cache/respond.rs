@@ -1,6 +1,7 @@
 //! Writing a cache hit to the client, and the cache headers of other responses.
 
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
@@ -31,7 +32,7 @@ pub async fn send_hit(
     state: &CacheState,
     stream: bool,
     include_usage: bool,
-    extra: &[(&'static str, String)],
+    extra: &[(&'static str, HeaderValue)],
 ) -> Result<()> {
     if !stream {
         let body = json_body(entry);
@@ -61,9 +62,9 @@ pub async fn send_hit(
     Ok(())
 }
 
-fn add_headers(header: &mut ResponseHeader, extra: &[(&'static str, String)]) -> Result<()> {
+fn add_headers(header: &mut ResponseHeader, extra: &[(&'static str, HeaderValue)]) -> Result<()> {
     for (name, value) in extra {
-        header.insert_header(*name, value)?;
+        header.insert_header(*name, value.clone())?;
     }
     Ok(())
 }

@@ -47,7 +47,15 @@ fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    // A terminal gets the default format with colors. The journal or a file gets the same line
+    // without them, written by the cheaper `LogLine`.
+    let _ = if json {
+        builder.json().try_init()
+    } else if ansi {
+        builder.try_init()
+    } else {
+        builder.event_format(super::log_line::LogLine).try_init()
+    };
 }
 
 fn serve(arg: &ConfigArg) -> anyhow::Result<()> {

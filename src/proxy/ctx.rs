@@ -61,7 +61,7 @@ pub struct RequestCtx {
     /// The estimate admission reserved, settled when the request ends.
     pub reservation: Option<crate::limits::Reservation>,
     /// `x-ratelimit-*` headers for the response.
-    pub limit_headers: Vec<(&'static str, String)>,
+    pub limit_headers: crate::limits::headers::Headers,
     /// `Retry-After` of a request rejected by a limit, in seconds.
     pub retry_after_s: Option<u64>,
     /// What the response cache did and what it keeps to store the response.

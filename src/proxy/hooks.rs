@@ -317,8 +317,9 @@ impl ProxyHttp for Gateway {
         }
         upstream.insert_header(REQUEST_ID_HEADER, &ctx.id)?;
         crate::cache::respond::annotate(upstream, &ctx.cache)?;
-        for (name, value) in &ctx.limit_headers {
-            upstream.insert_header(*name, value)?;
+        // Moved rather than copied: past this point only this response carries them.
+        for (name, value) in std::mem::take(&mut ctx.limit_headers) {
+            upstream.insert_header(name, value)?;
         }
         Ok(())
     }

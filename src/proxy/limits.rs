@@ -1,6 +1,7 @@
 //! The proxy's side of the limits: the client address check before authentication, admission
 //! after the request is parsed, the response headers, and settlement when the request ends.
 
+use http::HeaderValue;
 use pingora::proxy::Session;
 use serde_json::Value;
 
@@ -9,7 +10,7 @@ use super::Gateway;
 use crate::accounting::UsageEvent;
 use crate::config::{ModelPrice, RuntimeConfig};
 use crate::error::GatewayError;
-use crate::limits::headers::rate_limit_headers;
+use crate::limits::headers::{rate_limit_headers, Headers};
 use crate::limits::ip::client_ip;
 use crate::limits::quota::Totals;
 use crate::limits::reservation::{counted_usage, estimate};
@@ -76,10 +77,10 @@ impl Gateway {
 }
 
 /// Returns the limit headers of a response: the `x-ratelimit-*` figures and any `Retry-After`.
-pub fn response_headers(ctx: &RequestCtx) -> Vec<(&'static str, String)> {
+pub fn response_headers(ctx: &RequestCtx) -> Headers {
     let mut headers = ctx.limit_headers.clone();
     if let Some(seconds) = ctx.retry_after_s {
-        headers.push(("retry-after", seconds.to_string()));
+        headers.push(("retry-after", HeaderValue::from(seconds)));
     }
     headers
 }

@@ -2,6 +2,7 @@
 //! [`send_error`], so all of them share one shape.
 
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
@@ -17,10 +18,10 @@ pub async fn send_json(session: &mut Session, status: u16, request_id: &str, bod
 }
 
 /// Writes a complete JSON response with `extra` headers.
-pub async fn send_json_with_headers(session: &mut Session, status: u16, request_id: &str, body: Vec<u8>, extra: &[(&'static str, String)]) -> Result<()> {
+pub async fn send_json_with_headers(session: &mut Session, status: u16, request_id: &str, body: Vec<u8>, extra: &[(&'static str, HeaderValue)]) -> Result<()> {
     let mut header = ResponseHeader::build(status, Some(4 + extra.len()))?;
     for (name, value) in extra {
-        header.insert_header(*name, value)?;
+        header.insert_header(*name, value.clone())?;
     }
     header.insert_header("content-type", "application/json")?;
     header.insert_header("content-length", body.len().to_string())?;
@@ -35,6 +36,6 @@ pub async fn send_error(session: &mut Session, request_id: &str, error: &Gateway
 }
 
 /// Writes a gateway error with `extra` headers, such as `Retry-After`.
-pub async fn send_error_with_headers(session: &mut Session, request_id: &str, error: &GatewayError, extra: &[(&'static str, String)]) -> Result<()> {
+pub async fn send_error_with_headers(session: &mut Session, request_id: &str, error: &GatewayError, extra: &[(&'static str, HeaderValue)]) -> Result<()> {
     send_json_with_headers(session, error.status.as_u16(), request_id, error.body(), extra).await
 }

@@ -90,6 +90,26 @@ macro_rules! with_pool {
 }
 pub(crate) use with_pool;
 
+/// Row counts of the multi-row statements that batch writes are split into. A batch takes as
+/// many statements of the first length as fit, then one of each length in the binary digits of
+/// the rest, so every batch runs one of these few SQL texts, which stay prepared on the
+/// connection. Parsing a new multi-row text for every batch cost about a tenth of a proxied
+/// request's instructions (docs/BENCHMARKS.md).
+pub(crate) const STATEMENT_ROWS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
+
+/// Bind parameters allowed in one statement: SQLite's default since 3.32, the lower of the two
+/// databases' limits (PostgreSQL's wire protocol allows 65,535). Each table's module checks that
+/// its longest statement fits.
+pub(crate) const MAX_BIND_PARAMETERS: usize = 32_766;
+
+/// Returns the chunk lengths, from [`STATEMENT_ROWS`] and largest first, that `rows` is written in.
+pub(crate) fn statement_chunks(rows: usize) -> impl Iterator<Item = usize> {
+    let largest = STATEMENT_ROWS[0];
+    let full = std::iter::repeat_n(largest, rows / largest);
+    let rest = rows % largest;
+    full.chain(STATEMENT_ROWS[1..].iter().copied().filter(move |length| rest & length != 0))
+}
+
 impl Store {
     /// Connects to `sqlite://path/to/file.db` or `postgres://...` (`postgresql://...`).
     ///

@@ -12,7 +12,8 @@ pub(super) const ROLLUP_COLUMNS: &str = "project_id, bucket_start_ms, model, pro
      requests, errors, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, total_tokens, \
      cost_usd, potential_cost_usd, latency_ms_sum, latency_le_100ms, latency_le_250ms, latency_le_500ms, \
      latency_le_1s, latency_le_2500ms, latency_le_5s, latency_le_10s, latency_le_30s, latency_le_60s, latency_gt_60s";
-pub(super) const ROLLUP_COLUMN_COUNT: usize = 26;
+const ROLLUP_COLUMN_COUNT: usize = 26;
+const _: () = assert!(super::STATEMENT_ROWS[0] * ROLLUP_COLUMN_COUNT <= super::MAX_BIND_PARAMETERS);
 /// The summed columns, which an upsert adds to the stored row.
 const VALUE_COLUMNS: [&str; 10] = [
     "requests",
@@ -41,13 +42,17 @@ pub(super) fn upsert_clause(table: &str) -> String {
 }
 
 /// Adds `$rollups` (a `&Rollups`) to `$granularity`'s table through the connection `$conn`, in
-/// multi-row upserts of at most `$max_rows` rows. Evaluates to `Result<(), sqlx::Error>`.
+/// multi-row upserts of the lengths of [`statement_chunks`](super::statement_chunks). Evaluates to
+/// `Result<(), sqlx::Error>`.
 macro_rules! upsert_rollups {
-    ($conn:expr, $rollups:expr, $granularity:expr, $max_rows:expr) => {
+    ($conn:expr, $rollups:expr, $granularity:expr) => {
         async {
             let table = $granularity.table();
             let rows: Vec<_> = $rollups.iter().collect();
-            for chunk in rows.chunks(($max_rows).max(1)) {
+            let mut rest = rows.as_slice();
+            for length in $crate::store::statement_chunks(rest.len()) {
+                let (chunk, tail) = rest.split_at(length);
+                rest = tail;
                 let mut builder = sqlx::QueryBuilder::new(format!(
                     "INSERT INTO {table} ({}) ",
                     $crate::store::rollups::ROLLUP_COLUMNS
@@ -74,9 +79,8 @@ macro_rules! upsert_rollups {
                     }
                 });
                 builder.push($crate::store::rollups::upsert_clause(table));
-                // Not kept in the connection's statement cache: the SQL differs with every row
-                // count, and each cached multi-row statement keeps its compiled program.
-                builder.build().persistent(false).execute(&mut *$conn).await?;
+                // Prepared once per connection, table and chunk length.
+                builder.build().execute(&mut *$conn).await?;
             }
             Ok::<(), sqlx::Error>(())
         }
@@ -89,15 +93,14 @@ pub(crate) use upsert_rollups;
 /// to the hourly and daily rollups, through `$conn`. An id counts once even when the batch
 /// contains it twice, because the insert stored only its first copy.
 macro_rules! add_new_events_to_rollups {
-    ($conn:expr, $events:expr, $new_ids:expr, $max_parameters:expr) => {
+    ($conn:expr, $events:expr, $new_ids:expr) => {
         async {
             let mut pending: std::collections::HashSet<&str> = $new_ids.iter().map(String::as_str).collect();
             let inserted: Vec<&$crate::accounting::UsageEvent> =
                 $events.iter().filter(|event| pending.remove(event.id.as_str())).collect();
-            let max_rows = $max_parameters / $crate::store::rollups::ROLLUP_COLUMN_COUNT;
             for granularity in [$crate::analytics::rollup::Granularity::Hour, $crate::analytics::rollup::Granularity::Day] {
                 let rollups = $crate::analytics::rollup::aggregate(granularity, inserted.iter().copied());
-                $crate::store::rollups::upsert_rollups!($conn, &rollups, granularity, max_rows)?;
+                $crate::store::rollups::upsert_rollups!($conn, &rollups, granularity)?;
             }
             Ok::<(), sqlx::Error>(())
         }
@@ -240,13 +243,13 @@ impl Store {
         let result = match self {
             Store::Sqlite(pool) => async {
                 let mut tx = pool.begin().await?;
-                upsert_rollups!(tx, rollups, granularity, 32766 / ROLLUP_COLUMN_COUNT)?;
+                upsert_rollups!(tx, rollups, granularity)?;
                 tx.commit().await
             }
             .await,
             Store::Postgres(pool) => async {
                 let mut tx = pool.begin().await?;
-                upsert_rollups!(tx, rollups, granularity, 65535 / ROLLUP_COLUMN_COUNT)?;
+                upsert_rollups!(tx, rollups, granularity)?;
                 tx.commit().await
             }
             .await,

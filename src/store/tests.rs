@@ -369,29 +369,53 @@ async fn sqlite_connect_settings() {
     assert!(store.ping().await.is_err(), "a closed store should fail");
 }
 
-#[tokio::test]
-async fn batch_inserts_leave_no_cached_statements() {
+#[test]
+fn statement_chunks_cover_all_rows() {
+    for rows in 0..=300 {
+        let chunks: Vec<usize> = super::statement_chunks(rows).collect();
+        assert_eq!(chunks.iter().sum::<usize>(), rows, "{rows} rows: {chunks:?}");
+        assert!(chunks.iter().all(|length| super::STATEMENT_ROWS.contains(length)), "{rows} rows: {chunks:?}");
+        assert!(chunks.windows(2).all(|pair| pair[0] >= pair[1]), "largest first: {chunks:?}");
+        assert!(chunks.len() <= rows / 64 + 6, "{rows} rows take {} statements", chunks.len());
+    }
+}
+
+/// Returns the number of statements cached by the connection that caches the most, after
+/// acquiring every open connection at once so that the one that ran the inserts is among them.
+async fn most_cached_statements(pool: &sqlx::SqlitePool) -> usize {
     use sqlx::Connection;
 
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let store = sqlite_store(dir.path()).await;
-    // Every batch length gives another SQL text; each one cached would hold its compiled program.
-    let mut n = 0;
-    for length in 1..=40 {
-        let events: Vec<UsageEvent> = (0..length).map(|_| { n += 1; sample_event(n) }).collect();
-        store.insert_usage_events(&events).await.expect("insert batch");
-    }
-    assert_eq!(store.count_usage_events().await.expect("count"), n);
-    let Store::Sqlite(pool) = &store else { unreachable!("sqlite_store opens SQLite") };
-    // Hold every idle connection at once, so that the one that ran the inserts is among them.
     let open = pool.size();
     assert!(open > 0, "the inserts opened a connection");
     let mut connections = Vec::new();
     for _ in 0..open {
         connections.push(pool.acquire().await.expect("acquire an open connection"));
     }
-    for connection in &mut connections {
-        let cached = connection.cached_statements_size();
-        assert!(cached < 10, "a connection caches {cached} statements after 40 batch lengths");
-    }
+    connections.iter_mut().map(|connection| connection.cached_statements_size()).max().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn batch_inserts_cache_bounded_statements() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = sqlite_store(dir.path()).await;
+    let Store::Sqlite(pool) = &store else { unreachable!("sqlite_store opens SQLite") };
+    // Batches of every length run only the fixed chunk lengths, so the cached statements stay
+    // within one per length and table (usage events, hourly and daily rollups) plus the
+    // transaction's BEGIN and COMMIT, however many batch lengths there are.
+    let mut n = 0;
+    let mut insert = async |lengths: Vec<usize>| {
+        for length in lengths {
+            let events: Vec<UsageEvent> = (0..length).map(|_| { n += 1; sample_event(n) }).collect();
+            assert_eq!(store.insert_usage_events(&events).await.expect("insert batch"), length as u64);
+        }
+    };
+    let bound = 3 * super::STATEMENT_ROWS.len() + 2;
+    insert((1..=40).chain([200]).collect()).await;
+    let cached = most_cached_statements(pool).await;
+    assert!(cached <= bound, "a connection caches {cached} statements after 41 batch lengths");
+    insert((41..=120).collect()).await;
+    let cached = most_cached_statements(pool).await;
+    assert!(cached <= bound, "a connection caches {cached} statements after 121 batch lengths");
+    let total = (1..=120).sum::<i64>() + 200;
+    assert_eq!(store.count_usage_events().await.expect("count"), total);
 }

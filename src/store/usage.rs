@@ -3,7 +3,7 @@
 use anyhow::{ensure, Context, Result};
 use sqlx::{QueryBuilder, Row};
 
-use super::{with_pool, Store};
+use super::{statement_chunks, with_pool, Store, MAX_BIND_PARAMETERS, STATEMENT_ROWS};
 use crate::accounting::UsageEvent;
 
 /// Columns of `usage_events`, in the order in which `insert_in_chunks!` binds them.
@@ -13,11 +13,7 @@ const COLUMNS: &str = "id, created_at_ms, project_id, key_id, endpoint, model, p
                        cost_usd, potential_cost_usd, cache_status, latency_ms, ttfb_ms, error_type, \
                        key_source, variant, cache_similarity";
 const COLUMN_COUNT: usize = 25;
-
-/// Maximum bind parameters in one statement: SQLITE_MAX_VARIABLE_NUMBER defaults to 32766
-/// since SQLite 3.32, and the PostgreSQL wire protocol counts parameters in an unsigned 16-bit field.
-const SQLITE_MAX_PARAMETERS: usize = 32766;
-const POSTGRES_MAX_PARAMETERS: usize = 65535;
+const _: () = assert!(STATEMENT_ROWS[0] * COLUMN_COUNT <= MAX_BIND_PARAMETERS);
 
 /// Builds a [`UsageEvent`] from a row with the columns in [`COLUMNS`].
 macro_rules! usage_event_from_row {
@@ -57,14 +53,17 @@ macro_rules! usage_event_from_row {
     }};
 }
 
-/// Inserts `$events` with one multi-row INSERT per chunk of `$max_rows` rows, all inside one
-/// transaction, and evaluates to the number of rows inserted.
+/// Inserts `$events` with one multi-row INSERT per chunk (lengths from [`statement_chunks`]), all
+/// inside one transaction, and evaluates to the number of rows inserted.
 macro_rules! insert_in_chunks {
-    ($pool:expr, $events:expr, $max_rows:expr) => {
+    ($pool:expr, $events:expr) => {
         async {
             let mut tx = $pool.begin().await?;
             let mut inserted_ids: Vec<String> = Vec::new();
-            for chunk in $events.chunks($max_rows) {
+            let mut rest: &[UsageEvent] = $events;
+            for length in statement_chunks(rest.len()) {
+                let (chunk, tail) = rest.split_at(length);
+                rest = tail;
                 let mut builder =
                     QueryBuilder::new(format!("INSERT INTO usage_events ({COLUMNS}) "));
                 builder.push_values(chunk, |mut row, event: &UsageEvent| {
@@ -97,12 +96,12 @@ macro_rules! insert_in_chunks {
                 // RETURNING lists only the rows inserted (SQLite 3.35 and later, PostgreSQL), so
                 // only events stored now reach the rollups, and a replay cannot count one twice.
                 builder.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
-                // Not cached as a prepared statement: the SQL differs with every batch length, and
-                // caching up to 100 such programs per connection grew the heap by about 80 MiB
-                // over 300,000 requests of the load benchmark.
-                inserted_ids.extend(builder.build_query_scalar::<String>().persistent(false).fetch_all(&mut *tx).await?);
+                // Prepared once per connection and chunk length. A cached statement per batch
+                // length, as before the fixed lengths, grew the heap by about 80 MiB over 300,000
+                // requests of the load benchmark.
+                inserted_ids.extend(builder.build_query_scalar::<String>().fetch_all(&mut *tx).await?);
             }
-            super::rollups::add_new_events_to_rollups!(tx, $events, inserted_ids, $max_rows * COLUMN_COUNT)?;
+            super::rollups::add_new_events_to_rollups!(tx, $events, inserted_ids)?;
             tx.commit().await?;
             Ok::<u64, sqlx::Error>(inserted_ids.len() as u64)
         }
@@ -120,10 +119,10 @@ impl Store {
 
         let result = match self {
             Store::Sqlite(pool) => {
-                insert_in_chunks!(pool, events, SQLITE_MAX_PARAMETERS / COLUMN_COUNT)
+                insert_in_chunks!(pool, events)
             }
             Store::Postgres(pool) => {
-                insert_in_chunks!(pool, events, POSTGRES_MAX_PARAMETERS / COLUMN_COUNT)
+                insert_in_chunks!(pool, events)
             }
         };
         result.with_context(|| format!("failed to insert {} usage events", events.len()))

@@ -1,0 +1,189 @@
+//! The log's plain-text line, for output that is not a terminal (the journal, a file).
+//!
+//! It reads as tracing-subscriber's default format without colors:
+//! `2026-12-05T08:19:28.907084Z  INFO watchllm::server: store ready keys=1`. The default format
+//! passes every field name through its terminal-color layer even when colors are off, and
+//! computes the calendar date for every line. This format writes the parts directly and
+//! computes the date once per second per thread. With one line per proxied request, that saved
+//! about 4% of a request's instructions in the load benchmark.
+
+use std::cell::RefCell;
+use std::fmt::{self, Write};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_log::NormalizeEvent;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// The line format; see the module documentation.
+pub struct LogLine;
+
+impl<S, N> FormatEvent<S, N> for LogLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        write_timestamp(&mut writer, now.as_secs(), now.subsec_micros())?;
+        // Records from the `log` crate (Pingora's) carry their target in fields.
+        let normalized = event.normalized_metadata();
+        let metadata = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        write!(writer, " {:>5} {}:", metadata.level().as_str(), metadata.target())?;
+        let mut fields = Fields { writer: &mut writer, result: Ok(()) };
+        event.record(&mut fields);
+        fields.result?;
+        writer.write_char('\n')
+    }
+}
+
+/// Writes `2026-12-05T08:19:28.907084Z`, reusing the thread's last date and time of day while the
+/// second is the same.
+fn write_timestamp(writer: &mut impl Write, seconds: u64, micros: u32) -> fmt::Result {
+    thread_local! {
+        static LAST_SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    LAST_SECOND.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != seconds {
+            let time = i64::try_from(seconds).ok().and_then(|s| chrono::DateTime::from_timestamp(s, 0)).unwrap_or_default();
+            last.1.clear();
+            write!(last.1, "{}", time.format("%Y-%m-%dT%H:%M:%S"))?;
+            last.0 = seconds;
+        }
+        write!(writer, "{}.{micros:06}Z", last.1)
+    })
+}
+
+/// Writes an event's fields: the message as it is, every other field as ` name=value`, with
+/// strings quoted and escaped so that a value cannot end the line or fake another field.
+struct Fields<'w, 'a> {
+    writer: &'w mut Writer<'a>,
+    result: fmt::Result,
+}
+
+impl Fields<'_, '_> {
+    fn field(&mut self, field: &Field, value: fmt::Arguments<'_>) {
+        if self.result.is_err() || field.name().starts_with("log.") {
+            return;
+        }
+        self.result = if field.name() == "message" {
+            write!(self.writer, " {value}")
+        } else {
+            write!(self.writer, " {}={value}", field.name())
+        };
+    }
+}
+
+impl Visit for Fields<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.field(field, format_args!("{value}"));
+        } else {
+            self.field(field, format_args!("{value:?}"));
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.field(field, format_args!("{value}"));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.field(field, format_args!("{value}"));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.field(field, format_args!("{value}"));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.field(field, format_args!("{value}"));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.field(field, format_args!("{value:?}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::fmt::MakeWriter;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Captured {
+        type Writer = Captured;
+
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    fn capture(emit: impl FnOnce()) -> String {
+        let output = Captured::default();
+        let subscriber = tracing_subscriber::fmt().with_writer(output.clone()).with_ansi(false).event_format(LogLine).finish();
+        tracing::subscriber::with_default(subscriber, emit);
+        let bytes = output.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn line_has_timestamp_level_target_message_and_fields() {
+        let line = capture(|| tracing::info!(request_id = %"0193-a", status = 200u16, latency_ms = 3u64, cost_usd = 0.25, cached = false, "request finished"));
+        let (timestamp, rest) = line.split_once(' ').unwrap();
+        assert_eq!(timestamp.len(), "2026-12-05T08:19:28.907084Z".len(), "{line}");
+        assert!(timestamp.ends_with('Z'), "{line}");
+        assert_eq!(timestamp.as_bytes()[10], b'T', "{line}");
+        assert_eq!(rest, " INFO watchllm::cli::log_line::tests: request finished request_id=0193-a status=200 latency_ms=3 cost_usd=0.25 cached=false\n");
+    }
+
+    #[test]
+    fn string_values_quoted_and_escaped() {
+        let line = capture(|| tracing::warn!(error = "bad\nrequest_id=forged", "proxy failed"));
+        assert!(line.ends_with(" WARN watchllm::cli::log_line::tests: proxy failed error=\"bad\\nrequest_id=forged\"\n"), "{line}");
+        assert_eq!(line.matches('\n').count(), 1);
+    }
+
+    #[test]
+    fn timestamp_matches_the_calendar() {
+        let mut text = String::new();
+        write_timestamp(&mut text, 1_796_460_073, 42).unwrap();
+        assert_eq!(text, "2026-12-05T08:41:13.000042Z");
+        // A new second on the same thread recomputes the cached part.
+        text.clear();
+        write_timestamp(&mut text, 1_796_460_074, 999_999).unwrap();
+        assert_eq!(text, "2026-12-05T08:41:14.999999Z");
+    }
+
+    #[test]
+    fn log_crate_records_show_their_own_target() {
+        let output = Captured::default();
+        let subscriber = tracing_subscriber::fmt().with_writer(output.clone()).with_ansi(false).event_format(LogLine).finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let record = log::Record::builder().level(log::Level::Info).target("pingora_core::server").args(format_args!("Server starting")).build();
+            tracing_log::format_trace(&record).unwrap();
+        });
+        let line = String::from_utf8(output.0.lock().unwrap().clone()).unwrap();
+        assert!(line.ends_with(" INFO pingora_core::server: Server starting\n"), "{line}");
+    }
+}
