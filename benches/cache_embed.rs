@@ -2,18 +2,18 @@
 //!
 //! Run with `cargo bench --bench cache_embed`; the model must be installed
 //! (`bash scripts/install-model.sh`, or `WATCHLLM_MODEL_DIR`). Criterion measures one 30-token
-//! prompt and a batch of 32 with the fastest weight precision of the CPU, and one prompt again with
-//! f32 weights where that precision is bf16. It also runs the same prompt through candle's own BERT
-//! implementation, the reference in the same run. Then 64 concurrent requesters drive the
-//! embedding pool to measure prompts per second with batching, printed as `pool: ...`, and
-//! again with f32 weights and 2 workers where the fastest precision is bf16
+//! prompt and a batch of 32 in each precision that the CPU supports (`single_30_tokens/Amx`,
+//! `batch_32/F32`, ...). It also runs the same prompt through candle's own BERT implementation, the
+//! reference in the same run. Then 64 concurrent requesters drive the embedding pool to measure
+//! prompts per second with batching, printed as `pool: ...`: with 1 and 2 workers in the fastest
+//! precision, and with 2 workers in each other supported precision
 //! (`WATCHLLM_BENCH_EMBED_POOL=0` skips the pool). docs/BENCHMARKS.md records the figures.
 
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use watchllm::embed::{EmbedPool, Embedder, PoolOptions, Precision};
 
 /// A prompt of 30 tokens with the two special tokens (checked below).
@@ -30,25 +30,36 @@ fn prompts(count: usize) -> Vec<String> {
     (0..count).map(|i| format!("{PROMPT} {i}")).collect()
 }
 
+fn supported_precisions() -> Vec<Precision> {
+    Precision::ALL.into_iter().filter(|precision| precision.is_supported()).collect()
+}
+
 fn embedding(c: &mut Criterion) {
-    let embedder = Embedder::load(&model_dir(), 256).expect("install the model with bash scripts/install-model.sh");
-    assert_eq!(embedder.token_count(PROMPT).expect("tokens"), 30, "the benchmark prompt should have 30 tokens");
+    let embedders: Vec<Embedder> = supported_precisions()
+        .into_iter()
+        .map(|precision| Embedder::load_with_precision(&model_dir(), 256, precision).expect("install the model with bash scripts/install-model.sh"))
+        .collect();
+    assert_eq!(embedders[0].token_count(PROMPT).expect("tokens"), 30, "the benchmark prompt should have 30 tokens");
     println!("embedding: candle sees {} thread(s) (RAYON_NUM_THREADS or the CPUs available)", candle_core::utils::get_num_threads());
-    println!("embedding: the encoder's weights are {:?}", embedder.precision());
+    println!("embedding: precisions of this CPU, fastest first: {:?}", supported_precisions());
     let mut group = c.benchmark_group("embedding");
     group.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+
     group.throughput(Throughput::Elements(1));
-    group.bench_function("single_30_tokens", |b| b.iter(|| black_box(embedder.embed(black_box(PROMPT)).unwrap())));
-    if embedder.precision() != Precision::F32 {
-        let f32_embedder = Embedder::load_with_precision(&model_dir(), 256, Precision::F32).expect("model");
-        group.bench_function("single_30_tokens_f32", |b| b.iter(|| black_box(f32_embedder.embed(black_box(PROMPT)).unwrap())));
+    for embedder in &embedders {
+        let id = BenchmarkId::new("single_30_tokens", format!("{:?}", embedder.precision()));
+        group.bench_function(id, |b| b.iter(|| black_box(embedder.embed(black_box(PROMPT)).unwrap())));
     }
     let reference = CandleBert::load(&model_dir());
     group.bench_function("single_30_tokens_candle_reference", |b| b.iter(|| black_box(reference.embed(black_box(PROMPT)))));
+
     let batch = prompts(32);
     let texts: Vec<&str> = batch.iter().map(String::as_str).collect();
     group.throughput(Throughput::Elements(32));
-    group.bench_function("batch_32", |b| b.iter(|| black_box(embedder.embed_batch(black_box(&texts)))));
+    for embedder in &embedders {
+        let id = BenchmarkId::new("batch_32", format!("{:?}", embedder.precision()));
+        group.bench_function(id, |b| b.iter(|| black_box(embedder.embed_batch(black_box(&texts)))));
+    }
     group.finish();
 }
 
@@ -78,7 +89,7 @@ impl CandleBert {
 }
 
 /// Prompts per second through the pool with `requesters` concurrent tasks, `threads` workers and
-/// weights in `precision`.
+/// products in `precision`.
 fn pool_throughput(precision: Precision, threads: usize, requesters: usize, per_requester: usize) -> f64 {
     let embedder = Embedder::load_with_precision(&model_dir(), 256, precision).expect("model");
     let pool = EmbedPool::start(embedder, PoolOptions { threads, max_batch: 32, queue_capacity: 1024 }).expect("pool");
@@ -105,14 +116,13 @@ fn pool(_: &mut Criterion) {
     if std::env::var("WATCHLLM_BENCH_EMBED_POOL").is_ok_and(|v| v == "0") {
         return;
     }
-    let fastest = Precision::fastest();
-    for threads in [1, 2] {
-        let rate = pool_throughput(fastest, threads, 64, 16);
-        println!("pool: {threads} worker thread(s), {fastest:?} weights, 64 concurrent requesters: {rate:.0} prompts/s");
-    }
-    if fastest != Precision::F32 {
-        let rate = pool_throughput(Precision::F32, 2, 64, 16);
-        println!("pool: 2 worker thread(s), F32 weights, 64 concurrent requesters: {rate:.0} prompts/s");
+    let precisions = supported_precisions();
+    let fastest = precisions[0];
+    let rate = pool_throughput(fastest, 1, 64, 16);
+    println!("pool: 1 worker thread(s), {fastest:?} precision, 64 concurrent requesters: {rate:.0} prompts/s");
+    for precision in precisions {
+        let rate = pool_throughput(precision, 2, 64, 16);
+        println!("pool: 2 worker thread(s), {precision:?} precision, 64 concurrent requesters: {rate:.0} prompts/s");
     }
 }
 

@@ -3,8 +3,9 @@
 //! Each folder is one concern of the gateway; `proxy` holds the thin `ProxyHttp` hooks that call
 //! into the others. docs/ARCHITECTURE.md walks a request through them.
 
-// Two modules are allowed `unsafe` blocks: `server::scheduling` for raw `sched_setattr` calls and
-// `embed::kernels::bf16` for AVX-512 loads and stores. Each block has a `SAFETY:` comment.
+// Three modules are allowed `unsafe` blocks: `server::scheduling` for raw `sched_setattr` calls,
+// `embed::kernels::bf16` for AVX-512 loads and stores, and `embed::kernels::amx` for AMX tile
+// instructions and the `arch_prctl` call that permits them. Each block has a `SAFETY:` comment.
 #![deny(unsafe_code)]
 
 pub mod accounting;

@@ -1,8 +1,9 @@
 //! Checks the gateway's BERT encoder against candle's reference implementation of the same model
 //! (`candle_transformers::models::bert`, exact GELU, f32) on every prompt of the labelled set in
 //! tests/data/cache_pairs.jsonl. The encoder must keep a cosine agreement of at least 0.99 with
-//! the reference on each prompt, in each weight precision that the CPU supports: f32 everywhere,
-//! bf16 with AVX-512. `--nocapture` prints the figures.
+//! the reference on each prompt, in each precision of `Precision::ALL` that the CPU supports: f32
+//! everywhere, bf16 weights with AVX-512, bf16 weights and inputs on AMX tiles. `--nocapture`
+//! prints the figures.
 //!
 //! The model must be installed (`bash scripts/install-model.sh`); `WATCHLLM_MODEL_DIR` overrides
 //! its place.
@@ -74,7 +75,7 @@ fn encoder_agrees_with_the_reference_model() {
     let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
     let expected: Vec<Vec<f32>> = texts.iter().map(|text| reference.embed(text)).collect();
 
-    for precision in [Precision::F32, Precision::Bf16] {
+    for precision in Precision::ALL {
         if !precision.is_supported() {
             println!("{precision:?}: skipped, this CPU does not support it");
             continue;

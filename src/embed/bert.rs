@@ -4,10 +4,13 @@
 //! multiplying at this model's size (a few dozen tokens, 384 wide). This encoder keeps one
 //! buffer per stage, multiplies with weights packed once at load ([`PackedLinear`]) and fuses
 //! the query, key and value projections into one product. The arithmetic is that of the model
-//! with two exceptions. GELU uses its tanh form (within 5e-4 of the exact one). On CPUs with
-//! AVX-512 the linear layers' weights are stored as bf16 (8 significant bits), while activations,
-//! sums, attention, layer norm and GELU stay f32. An integration test, `tests/embed_agreement.rs`,
-//! checks the embeddings of both precisions against candle's reference implementation.
+//! with two exceptions. GELU uses its tanh form (within 5e-4 of the exact one). And the linear
+//! layers run in the [`Precision`] given at load, which the embedder sets to the fastest of the
+//! CPU. With AMX their weights and their inputs are rounded to bf16 (8 significant bits) and
+//! summed in f32. With AVX-512 and no AMX only their weights are bf16. Sums, residuals, attention,
+//! layer norm and GELU stay f32 in every precision.
+//! An integration test, `tests/embed_agreement.rs`, checks the embeddings of each precision that
+//! the CPU supports against candle's reference implementation.
 
 use std::collections::HashMap;
 
