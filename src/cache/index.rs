@@ -289,6 +289,26 @@ mod tests {
     }
 
     #[test]
+    fn restored_after_quantization_change() {
+        // A restart with another `cache.semantic.quantization` still finds the saved entries, and
+        // new entries of the same namespaces join them.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vectors.idx");
+        let saved = VectorIndex::new(16, Quantization::F32);
+        for id in 0..50 {
+            saved.add(&[(id % 3) as u8; 32], id, &unit(id)).unwrap();
+        }
+        saved.save(&path).unwrap();
+        let restored = VectorIndex::load(16, Quantization::I8, &path).unwrap();
+        assert_eq!(restored.stats().0, 50);
+        assert_eq!(restored.search(&[1; 32], &unit(4), 1).unwrap()[0].0, 4);
+        restored.add(&[1; 32], 100, &unit(30)).unwrap();
+        restored.add(&[3; 32], 101, &unit(31)).unwrap();
+        assert_eq!(restored.search(&[1; 32], &unit(30), 1).unwrap()[0].0, 100);
+        assert_eq!(restored.search(&[3; 32], &unit(31), 1).unwrap()[0].0, 101);
+    }
+
+    #[test]
     fn search_expansion_applies_to_present_and_later_namespaces() {
         let index = VectorIndex::new(16, Quantization::I8);
         index.add(&[1; 32], 1, &unit(1)).unwrap();
