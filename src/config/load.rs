@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
@@ -44,6 +44,17 @@ impl std::error::Error for ConfigError {}
 pub struct LoadedConfig {
     pub path: PathBuf,
     pub runtime: Arc<RuntimeConfig>,
+    /// The modification times of the config and pricing files, taken before each was read, so
+    /// that a change written while the gateway starts is still seen as a change.
+    pub stamps: FileStamps,
+}
+
+/// The modification times of the config file and of its pricing file.
+pub type FileStamps = (Option<SystemTime>, Option<SystemTime>);
+
+/// Returns the modification time of `path`, or `None` when it cannot be read.
+pub fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 /// Reads the config file at `path`, applies the `WATCHLLM_*` environment overrides and validates it.
@@ -59,12 +70,14 @@ pub fn load_config_with_env(path: &Path, env: &HashMap<String, String>) -> Resul
         problems: vec![ConfigProblem { path: path_in_file.to_string(), message }],
     };
 
+    let config_stamp = modified(path);
     let text = std::fs::read_to_string(path).map_err(|e| fail("(file)", format!("cannot read: {e}")))?;
     let mut raw = parse_yaml::<RawConfig>(&text).map_err(|p| ConfigError { file: path.to_path_buf(), problems: vec![p] })?;
     apply_env_overrides(&mut raw, env);
 
     let folder = path.parent().unwrap_or(Path::new("."));
     let pricing_path = folder.join(&raw.pricing_file);
+    let pricing_stamp = modified(&pricing_path);
     let pricing_text = std::fs::read_to_string(&pricing_path)
         .map_err(|e| fail("pricing_file", format!("cannot read {}: {e}", pricing_path.display())))?;
     let pricing = parse_yaml::<PricingTable>(&pricing_text).map_err(|mut p| {
@@ -79,7 +92,7 @@ pub fn load_config_with_env(path: &Path, env: &HashMap<String, String>) -> Resul
 
     let runtime = validate(raw, &pricing, env, version, pricing_path)
         .map_err(|problems| ConfigError { file: path.to_path_buf(), problems })?;
-    Ok(LoadedConfig { path: path.to_path_buf(), runtime: Arc::new(runtime) })
+    Ok(LoadedConfig { path: path.to_path_buf(), runtime: Arc::new(runtime), stamps: (config_stamp, pricing_stamp) })
 }
 
 /// Parses YAML into `T`, reporting the dotted path and the line of the first error.

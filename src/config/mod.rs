@@ -10,7 +10,7 @@ pub mod raw;
 pub mod reload;
 pub mod runtime;
 
-pub use load::{load_config, ConfigError, LoadedConfig};
+pub use load::{load_config, modified, ConfigError, FileStamps, LoadedConfig};
 pub use pricing::{ModelPrice, PricingTable};
 pub use raw::RawConfig;
 pub use runtime::{ModelRoute, Provider, RuntimeConfig};

@@ -111,7 +111,7 @@ pub fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     let admin = AdminService::new(admin_listener, shared_config.clone(), metrics.clone(), sink, journal, limiter.clone(), alert_sink.clone()).with_routing(routing.clone());
     let limits = crate::limits::service::LimitsService::new(limiter, shared_config.clone(), alert_sink, alert_receiver, rebuilt);
     let routing_service = crate::routing::service::RoutingService::new(routing.clone(), shared_config.clone());
-    let reload = ReloadService::new(loaded.path.clone(), shared_config, metrics);
+    let reload = ReloadService::new(loaded.path.clone(), shared_config, metrics, loaded.stamps);
     server.add_service(proxy);
     server.add_service(background_service("accounting", accounting));
     server.add_service(background_service("admin", admin));

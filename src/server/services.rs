@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::admin::{router, AdminState};
 use crate::auth::SharedKeys;
 use crate::config::reload::{merge_reloaded, restart_only_changes};
-use crate::config::{load_config, RuntimeConfig};
+use crate::config::{load_config, modified, FileStamps, RuntimeConfig};
 
 /// Wait after a file change is seen before it is read, so that a write in progress can finish.
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(250);
@@ -222,15 +222,21 @@ pub struct ReloadService {
     path: PathBuf,
     config: Arc<ArcSwap<RuntimeConfig>>,
     metrics: Arc<Metrics>,
+    /// The files' modification times when the running config was read from them.
+    loaded_stamps: FileStamps,
 }
 
 impl ReloadService {
-    pub fn new(path: PathBuf, config: Arc<ArcSwap<RuntimeConfig>>, metrics: Arc<Metrics>) -> Self {
-        ReloadService { path, config, metrics }
+    /// Watches the config file at `path`, whose running version was read at `loaded_stamps`.
+    pub fn new(path: PathBuf, config: Arc<ArcSwap<RuntimeConfig>>, metrics: Arc<Metrics>, loaded_stamps: FileStamps) -> Self {
+        ReloadService { path, config, metrics, loaded_stamps }
     }
 
-    /// Loads the file and swaps it in whole; on any problem the running config stays.
-    fn reload(&self, trigger: &str) {
+    /// Loads the file and swaps it in whole; on any problem the running config stays. Returns
+    /// the modification times that the next check compares with: those taken before the files
+    /// were read, so that a change written during the reload triggers another one.
+    fn reload(&self, trigger: &str) -> FileStamps {
+        let attempted = file_stamps(&self.path, &self.config.load().pricing_path);
         match load_config(&self.path) {
             Ok(loaded) => {
                 let running = self.config.load_full();
@@ -242,20 +248,21 @@ impl ReloadService {
                 info!(trigger, version = %merged.version, models = merged.models.len(), "config reloaded");
                 self.config.store(Arc::new(merged));
                 self.metrics.observe_reload(true);
+                loaded.stamps
             }
             Err(e) => {
                 for problem in &e.problems {
                     error!(trigger, file = %e.file.display(), path = %problem.path, reason = %problem.message, "config reload rejected; the running config stays");
                 }
                 self.metrics.observe_reload(false);
+                attempted
             }
         }
     }
 }
 
 /// Returns the modification times of the config file and its pricing file.
-fn file_stamps(config_path: &Path, pricing_path: &Path) -> (Option<SystemTime>, Option<SystemTime>) {
-    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+fn file_stamps(config_path: &Path, pricing_path: &Path) -> FileStamps {
     (modified(config_path), modified(pricing_path))
 }
 
@@ -269,7 +276,9 @@ impl BackgroundService for ReloadService {
                 None
             }
         };
-        let mut stamps = file_stamps(&self.path, &self.config.load().pricing_path);
+        // Compared with the times at which the running config was read, not with the times when
+        // this service first runs: a change written while the gateway starts reloads it.
+        let mut stamps = self.loaded_stamps;
         let stop = shutdown_signal(shutdown);
         tokio::pin!(stop);
 
@@ -279,8 +288,7 @@ impl BackgroundService for ReloadService {
             tokio::select! {
                 _ = &mut stop => return,
                 Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    self.reload("SIGHUP");
-                    stamps = file_stamps(&self.path, &self.config.load().pricing_path);
+                    stamps = self.reload("SIGHUP");
                 }
                 _ = tokio::time::sleep(poll) => {
                     if interval.is_zero() {
@@ -290,8 +298,7 @@ impl BackgroundService for ReloadService {
                     if now != stamps {
                         // Let an editor finish writing before reading the file.
                         tokio::time::sleep(RELOAD_DEBOUNCE).await;
-                        self.reload("file change");
-                        stamps = file_stamps(&self.path, &self.config.load().pricing_path);
+                        stamps = self.reload("file change");
                     }
                 }
             }
