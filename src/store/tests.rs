@@ -382,7 +382,7 @@ fn statement_chunks_cover_all_rows() {
 
 /// Returns the number of statements cached by the connection that caches the most, after
 /// acquiring every open connection at once so that the one that ran the inserts is among them.
-async fn most_cached_statements(pool: &sqlx::SqlitePool) -> usize {
+async fn max_cached_statements(pool: &sqlx::SqlitePool) -> usize {
     use sqlx::Connection;
 
     let open = pool.size();
@@ -411,10 +411,10 @@ async fn batch_inserts_cache_bounded_statements() {
     };
     let bound = 3 * super::STATEMENT_ROWS.len() + 2;
     insert((1..=40).chain([200]).collect()).await;
-    let cached = most_cached_statements(pool).await;
+    let cached = max_cached_statements(pool).await;
     assert!(cached <= bound, "a connection caches {cached} statements after 41 batch lengths");
     insert((41..=120).collect()).await;
-    let cached = most_cached_statements(pool).await;
+    let cached = max_cached_statements(pool).await;
     assert!(cached <= bound, "a connection caches {cached} statements after 121 batch lengths");
     let total = (1..=120).sum::<i64>() + 200;
     assert_eq!(store.count_usage_events().await.expect("count"), total);
