@@ -1,14 +1,14 @@
 //! The cache directives of a request, and the request headers that set them.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 /// Request header that turns the cache off for one request (`off`), and response header that
 /// reports what the cache did.
-pub const CACHE_HEADER: &str = "x-watchllm-cache";
+pub static CACHE_HEADER: HeaderName = HeaderName::from_static("x-watchllm-cache");
 /// Request header that raises the project's similarity threshold for one request.
 pub const THRESHOLD_HEADER: &str = "x-watchllm-cache-threshold";
 /// Response header with the similarity of a semantic hit.
-pub const SIMILARITY_HEADER: &str = "x-watchllm-cache-similarity";
+pub static SIMILARITY_HEADER: HeaderName = HeaderName::from_static("x-watchllm-cache-similarity");
 
 /// The cache operations allowed for one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,7 +21,7 @@ pub struct Directives {
 /// skips the lookup but stores the fresh response).
 pub fn request_directives(headers: &HeaderMap) -> Directives {
     let off = headers
-        .get_all(CACHE_HEADER)
+        .get_all(&CACHE_HEADER)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.trim().eq_ignore_ascii_case("off"));

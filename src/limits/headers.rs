@@ -5,48 +5,78 @@
 //! monthly tokens. The remaining requests count the request itself. The remaining tokens are
 //! those left when the request was admitted, because its own usage is known only when it ends.
 
-use http::HeaderValue;
+use bytes::BytesMut;
+use http::{HeaderName, HeaderValue};
 
 use super::Figures;
 
-pub const LIMIT_REQUESTS: &str = "x-ratelimit-limit-requests";
-pub const REMAINING_REQUESTS: &str = "x-ratelimit-remaining-requests";
-pub const RESET_REQUESTS: &str = "x-ratelimit-reset-requests";
-pub const LIMIT_TOKENS: &str = "x-ratelimit-limit-tokens";
-pub const REMAINING_TOKENS: &str = "x-ratelimit-remaining-tokens";
-pub const RESET_TOKENS: &str = "x-ratelimit-reset-tokens";
+pub static LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+pub static REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+pub static RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+pub static LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+pub static REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+pub static RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+pub static RETRY_AFTER: HeaderName = http::header::RETRY_AFTER;
 
-/// Response headers by name, as Pingora's header maps take them without another copy.
-pub type Headers = Vec<(&'static str, HeaderValue)>;
+/// Response headers by name. The names are statics so that Pingora's header maps take them
+/// without parsing or copying them.
+pub type Headers = Vec<(&'static HeaderName, HeaderValue)>;
 
-/// Returns the headers for `figures`. A limit that is not set has none. The values are built as
-/// `HeaderValue`s here, once, because every proxied response carries them.
+/// Returns the headers for `figures`. A limit that is not set has none. Every proxied response
+/// carries them, so the values are written once into one buffer and each header value is a
+/// slice of it: two allocations for all six instead of one per value and per formatted string.
 pub fn rate_limit_headers(figures: &Figures) -> Headers {
-    let mut headers = Vec::with_capacity(7);
-    let sets = [(figures.requests, [LIMIT_REQUESTS, REMAINING_REQUESTS, RESET_REQUESTS]), (figures.tokens, [LIMIT_TOKENS, REMAINING_TOKENS, RESET_TOKENS])];
+    let sets = [(figures.requests, [&LIMIT_REQUESTS, &REMAINING_REQUESTS, &RESET_REQUESTS]), (figures.tokens, [&LIMIT_TOKENS, &REMAINING_TOKENS, &RESET_TOKENS])];
+    let mut text = BytesMut::with_capacity(96);
+    let mut spans: Vec<(&'static HeaderName, usize, usize)> = Vec::with_capacity(6);
     for (figure, [limit, remaining, reset]) in sets {
         let Some(figure) = figure else { continue };
-        headers.push((limit, HeaderValue::from(figure.limit)));
-        headers.push((remaining, HeaderValue::from(figure.remaining)));
-        headers.push((reset, duration_value(figure.reset_s)));
+        for (name, write) in [(limit, Value::Count(figure.limit)), (remaining, Value::Count(figure.remaining)), (reset, Value::Duration(figure.reset_s))] {
+            let start = text.len();
+            write.write_to(&mut text);
+            spans.push((name, start, text.len()));
+        }
     }
-    headers
+    let text = text.freeze();
+    spans
+        .into_iter()
+        .map(|(name, start, end)| (name, HeaderValue::from_maybe_shared(text.slice(start..end)).expect("digits and the letters h, m and s are valid in a header")))
+        .collect()
 }
 
-fn duration_value(seconds: u64) -> HeaderValue {
-    HeaderValue::try_from(format_duration(seconds)).expect("digits and the letters h, m and s are valid in a header")
+/// One header value before it is written.
+enum Value {
+    Count(i64),
+    Duration(u64),
+}
+
+impl Value {
+    fn write_to(self, text: &mut BytesMut) {
+        let mut digits = itoa::Buffer::new();
+        match self {
+            Value::Count(count) => text.extend_from_slice(digits.format(count).as_bytes()),
+            Value::Duration(seconds) => {
+                let (hours, minutes, seconds) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+                if hours > 0 {
+                    text.extend_from_slice(digits.format(hours).as_bytes());
+                    text.extend_from_slice(b"h");
+                }
+                if hours > 0 || minutes > 0 {
+                    text.extend_from_slice(digits.format(minutes).as_bytes());
+                    text.extend_from_slice(b"m");
+                }
+                text.extend_from_slice(digits.format(seconds).as_bytes());
+                text.extend_from_slice(b"s");
+            }
+        }
+    }
 }
 
 /// Formats seconds as OpenAI's reset headers do, such as `45s`, `6m0s` or `27h3m0s`.
 pub fn format_duration(seconds: u64) -> String {
-    let (hours, minutes, seconds) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
-    if hours > 0 {
-        format!("{hours}h{minutes}m{seconds}s")
-    } else if minutes > 0 {
-        format!("{minutes}m{seconds}s")
-    } else {
-        format!("{seconds}s")
-    }
+    let mut text = BytesMut::new();
+    Value::Duration(seconds).write_to(&mut text);
+    String::from_utf8(text.to_vec()).expect("digits and ASCII letters")
 }
 
 #[cfg(test)]
@@ -59,13 +89,37 @@ mod tests {
         assert_eq!(format_duration(45), "45s");
         assert_eq!(format_duration(360), "6m0s");
         assert_eq!(format_duration(97_380), "27h3m0s");
+        assert_eq!(format_duration(0), "0s");
+        assert_eq!(format_duration(3600), "1h0m0s");
+        assert_eq!(format_duration(3661), "1h1m1s");
+    }
+
+    #[test]
+    fn every_value_written_in_its_own_slice() {
+        let figures = Figures {
+            requests: Some(Figure { limit: 60, remaining: 0, reset_s: 1 }),
+            tokens: Some(Figure { limit: -1, remaining: 9_007_199_254_740_993, reset_s: 97_380 }),
+        };
+        let headers = rate_limit_headers(&figures);
+        let found: Vec<(&str, &str)> = headers.iter().map(|(name, value)| (name.as_str(), value.to_str().unwrap())).collect();
+        assert_eq!(
+            found,
+            [
+                ("x-ratelimit-limit-requests", "60"),
+                ("x-ratelimit-remaining-requests", "0"),
+                ("x-ratelimit-reset-requests", "1s"),
+                ("x-ratelimit-limit-tokens", "-1"),
+                ("x-ratelimit-remaining-tokens", "9007199254740993"),
+                ("x-ratelimit-reset-tokens", "27h3m0s"),
+            ]
+        );
     }
 
     #[test]
     fn only_set_limits_get_headers() {
         let figures = Figures { requests: None, tokens: Some(Figure { limit: 1000, remaining: 700, reset_s: 30 }) };
         let headers = rate_limit_headers(&figures);
-        let expected = [(LIMIT_TOKENS, "1000"), (REMAINING_TOKENS, "700"), (RESET_TOKENS, "30s")];
+        let expected = [(&LIMIT_TOKENS, "1000"), (&REMAINING_TOKENS, "700"), (&RESET_TOKENS, "30s")];
         assert_eq!(headers.len(), expected.len());
         for ((name, value), (expected_name, expected_value)) in headers.iter().zip(expected) {
             assert_eq!((*name, value.to_str().unwrap()), (expected_name, expected_value));

@@ -47,12 +47,18 @@ pub fn estimate(request: &Value, embeddings: bool, default_max_tokens: i64, pric
     let completion = if embeddings {
         0
     } else {
-        let max_tokens = ["max_completion_tokens", "max_tokens"]
-            .iter()
-            .find_map(|field| request.get(*field).and_then(Value::as_i64))
-            .unwrap_or(default_max_tokens)
-            .max(0);
-        let choices = request.get("n").and_then(Value::as_i64).unwrap_or(1).clamp(1, 128);
+        // One pass over the request's fields costs less than a lookup of each.
+        let (mut max_completion_tokens, mut max_tokens, mut n) = (None, None, None);
+        for (field, value) in request.as_object().into_iter().flatten() {
+            match field.as_str() {
+                "max_completion_tokens" => max_completion_tokens = value.as_i64(),
+                "max_tokens" => max_tokens = value.as_i64(),
+                "n" => n = value.as_i64(),
+                _ => {}
+            }
+        }
+        let max_tokens = max_completion_tokens.or(max_tokens).unwrap_or(default_max_tokens).max(0);
+        let choices = n.unwrap_or(1).clamp(1, 128);
         max_tokens.saturating_mul(choices)
     };
     let cost_usd = price.map(|p| p.cost_usd(prompt, 0, completion)).unwrap_or(0.0);
@@ -116,6 +122,12 @@ mod tests {
         let estimate = estimate(&request, false, 1024, None);
         assert_eq!(estimate.tokens, 9 + 80);
         assert_eq!(estimate.requests, 1);
+    }
+
+    #[test]
+    fn max_completion_tokens_wins_over_max_tokens() {
+        let request = json!({"max_tokens": 10, "messages": [{"role": "user", "content": "hello world"}], "max_completion_tokens": 40, "n": "two"});
+        assert_eq!(estimate(&request, false, 1024, None).tokens, 9 + 40);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use ahash::RandomState;
 use chrono_tz::Tz;
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -151,8 +152,8 @@ pub struct LimitSettings {
     pub time_zone: Tz,
     pub default_max_tokens: i64,
     pub sync_interval: Duration,
-    pub plans: HashMap<String, PlanLimits>,
-    pub projects: HashMap<String, ProjectOverride>,
+    pub plans: HashMap<String, PlanLimits, RandomState>,
+    pub projects: HashMap<String, ProjectOverride, RandomState>,
     pub ip: IpSettings,
 }
 
@@ -207,13 +208,13 @@ pub fn parse_limits(raw: &RawLimits, problems: &mut Vec<(String, String)>) -> Li
         problems.push(("limits.default_max_tokens".into(), "must not be negative".into()));
     }
 
-    let mut plans = HashMap::new();
+    let mut plans = HashMap::default();
     for (name, plan) in &raw.plans {
         check_plan(&format!("limits.plans.{name}"), plan, problems);
         plans.insert(name.clone(), PlanLimits::from_raw(plan));
     }
 
-    let mut projects = HashMap::new();
+    let mut projects = HashMap::default();
     for (name, project) in &raw.projects {
         let path = format!("limits.projects.{name}");
         let limits = RawPlan {

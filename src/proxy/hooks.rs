@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -12,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::body::{check_declared_length, decode_body, parse_content_encoding};
 use super::ctx::{InFlight, RequestCtx};
-use super::respond::{send_error_with_headers, send_json, REQUEST_ID_HEADER};
+use super::respond::{request_id_value, send_error_with_headers, send_json, REQUEST_ID_HEADER};
 use super::Gateway;
 use crate::accounting::outcome::{usage_event, RequestOutcome};
 use crate::accounting::{ResponseSummary, SseScanner};
@@ -22,18 +23,27 @@ use crate::metrics::RequestLabels;
 use crate::routing::{classify, upstream_host, upstream_path, Endpoint};
 
 /// Hop-by-hop and client-credential headers that never go upstream.
-const STRIPPED_REQUEST_HEADERS: [&str; 10] = [
-    "authorization",
-    "expect",
-    "x-api-key",
-    "content-encoding",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "upgrade",
+static STRIPPED_REQUEST_HEADERS: [HeaderName; 10] = [
+    header::AUTHORIZATION,
+    header::EXPECT,
+    HeaderName::from_static("x-api-key"),
+    header::CONTENT_ENCODING,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::UPGRADE,
 ];
+
+// The headers the gateway sets on the way up and down, as statics that Pingora's maps take
+// without parsing or copying the name.
+static HOST: HeaderName = header::HOST;
+static CONTENT_TYPE: HeaderName = header::CONTENT_TYPE;
+static CONTENT_LENGTH: HeaderName = header::CONTENT_LENGTH;
+static ACCEPT_ENCODING: HeaderName = header::ACCEPT_ENCODING;
+static AUTHORIZATION: HeaderName = header::AUTHORIZATION;
+static TRANSFER_ENCODING: HeaderName = header::TRANSFER_ENCODING;
 
 impl Gateway {
     /// Runs the admission steps of `request_filter`. `Ok(true)` means the response was already sent.
@@ -269,20 +279,23 @@ impl ProxyHttp for Gateway {
         };
         let provider = &route.provider;
 
-        for name in STRIPPED_REQUEST_HEADERS {
+        for name in &STRIPPED_REQUEST_HEADERS {
             upstream.remove_header(name);
         }
         let path = upstream_path(provider, endpoint);
         let uri = path.parse().map_err(|e| Error::because(ErrorType::InternalError, "invalid upstream path", e))?;
         upstream.set_uri(uri);
-        upstream.insert_header("host", upstream_host(provider))?;
-        upstream.insert_header("content-type", "application/json")?;
-        upstream.insert_header("content-length", request.body.len().to_string())?;
+        let host = HeaderValue::try_from(upstream_host(provider)).map_err(|e| Error::because(ErrorType::InternalError, "invalid provider host for the Host header", e))?;
+        upstream.insert_static_header(&HOST, host);
+        upstream.insert_static_header(&CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        upstream.insert_static_header(&CONTENT_LENGTH, HeaderValue::from(request.body.len()));
         // The scanner reads the response as it passes, so it must arrive uncompressed.
-        upstream.insert_header("accept-encoding", "identity")?;
+        upstream.insert_static_header(&ACCEPT_ENCODING, HeaderValue::from_static("identity"));
         // The project's own key for this provider when it stored one, else the gateway's.
         if let Some(key) = crate::routing::select::upstream_key(ctx, provider) {
-            upstream.insert_header("authorization", format!("Bearer {}", key.0))?;
+            let mut value = HeaderValue::try_from(format!("Bearer {}", key.0)).map_err(|e| Error::because(ErrorType::InternalError, "invalid provider key for the Authorization header", e))?;
+            value.set_sensitive(true);
+            upstream.insert_static_header(&AUTHORIZATION, value);
         }
         Ok(())
     }
@@ -294,6 +307,8 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_response_filter(&self, _session: &mut Session, upstream: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        // The headers added below, at most: routing 2, request id 1, cache 2, transfer-encoding 1.
+        upstream.reserve_headers(6 + ctx.limit_headers.len());
         // Health, cool-downs, failover on a configured status, and the routing headers.
         if let Some(config) = ctx.config.clone() {
             crate::routing::select::on_response(&self.routing, &config, upstream, ctx)?;
@@ -308,18 +323,18 @@ impl ProxyHttp for Gateway {
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if is_sse {
             let strip_usage = ctx.request.as_ref().is_some_and(|r| r.stream && !r.client_wants_usage);
-            if strip_usage && upstream.headers.contains_key("content-length") {
+            if strip_usage && upstream.headers.contains_key(&CONTENT_LENGTH) {
                 // Removing the usage chunk changes the length, so the body goes out chunked.
-                upstream.remove_header("content-length");
-                upstream.insert_header("transfer-encoding", "chunked")?;
+                upstream.remove_header(&CONTENT_LENGTH);
+                upstream.insert_static_header(&TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
             }
             ctx.sse = Some(SseScanner::new(strip_usage));
         }
-        upstream.insert_header(REQUEST_ID_HEADER, &ctx.id)?;
-        crate::cache::respond::annotate(upstream, &ctx.cache)?;
+        upstream.insert_static_header(&REQUEST_ID_HEADER, request_id_value(&ctx.id)?);
+        crate::cache::respond::annotate(upstream, &ctx.cache);
         // Moved rather than copied: past this point only this response carries them.
         for (name, value) in std::mem::take(&mut ctx.limit_headers) {
-            upstream.insert_header(name, value)?;
+            upstream.insert_static_header(name, value);
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ use super::Gateway;
 use crate::accounting::UsageEvent;
 use crate::config::{ModelPrice, RuntimeConfig};
 use crate::error::GatewayError;
-use crate::limits::headers::{rate_limit_headers, Headers};
+use crate::limits::headers::{rate_limit_headers, Headers, RETRY_AFTER};
 use crate::limits::ip::client_ip;
 use crate::limits::quota::Totals;
 use crate::limits::reservation::{counted_usage, estimate};
@@ -80,7 +80,7 @@ impl Gateway {
 pub fn response_headers(ctx: &RequestCtx) -> Headers {
     let mut headers = ctx.limit_headers.clone();
     if let Some(seconds) = ctx.retry_after_s {
-        headers.push(("retry-after", HeaderValue::from(seconds)));
+        headers.push((&RETRY_AFTER, HeaderValue::from(seconds)));
     }
     headers
 }

@@ -2,7 +2,7 @@
 //! [`send_error`], so all of them share one shape.
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
@@ -10,7 +10,7 @@ use pingora::Result;
 use crate::error::GatewayError;
 
 /// Response header naming the request id, for matching a client's report to the gateway's log.
-pub const REQUEST_ID_HEADER: &str = "x-watchllm-request-id";
+pub static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-watchllm-request-id");
 
 /// Writes a complete JSON response.
 pub async fn send_json(session: &mut Session, status: u16, request_id: &str, body: Vec<u8>) -> Result<()> {
@@ -18,16 +18,21 @@ pub async fn send_json(session: &mut Session, status: u16, request_id: &str, bod
 }
 
 /// Writes a complete JSON response with `extra` headers.
-pub async fn send_json_with_headers(session: &mut Session, status: u16, request_id: &str, body: Vec<u8>, extra: &[(&'static str, HeaderValue)]) -> Result<()> {
+pub async fn send_json_with_headers(session: &mut Session, status: u16, request_id: &str, body: Vec<u8>, extra: &[(&'static HeaderName, HeaderValue)]) -> Result<()> {
     let mut header = ResponseHeader::build(status, Some(4 + extra.len()))?;
     for (name, value) in extra {
-        header.insert_header(*name, value.clone())?;
+        header.insert_static_header(name, value.clone());
     }
     header.insert_header("content-type", "application/json")?;
     header.insert_header("content-length", body.len().to_string())?;
-    header.insert_header(REQUEST_ID_HEADER, request_id)?;
+    header.insert_static_header(&REQUEST_ID_HEADER, request_id_value(request_id)?);
     session.write_response_header(Box::new(header), false).await?;
     session.write_response_body(Some(Bytes::from(body)), true).await
+}
+
+/// Returns the request id as a header value.
+pub fn request_id_value(request_id: &str) -> Result<HeaderValue> {
+    HeaderValue::from_str(request_id).map_err(|e| pingora::Error::because(pingora::ErrorType::InternalError, "invalid request id for a header", e))
 }
 
 /// Writes a gateway error as an OpenAI-style JSON response.
@@ -36,6 +41,6 @@ pub async fn send_error(session: &mut Session, request_id: &str, error: &Gateway
 }
 
 /// Writes a gateway error with `extra` headers, such as `Retry-After`.
-pub async fn send_error_with_headers(session: &mut Session, request_id: &str, error: &GatewayError, extra: &[(&'static str, HeaderValue)]) -> Result<()> {
+pub async fn send_error_with_headers(session: &mut Session, request_id: &str, error: &GatewayError, extra: &[(&'static HeaderName, HeaderValue)]) -> Result<()> {
     send_json_with_headers(session, error.status.as_u16(), request_id, error.body(), extra).await
 }

@@ -5,14 +5,14 @@
 //! requests, gateways and restarts, as long as the experiment's variants and weights stay the
 //! same. A variant with weight 0 owns an empty interval and is never chosen.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::ModelRoute;
 
 /// Request header that forces a variant by name, and response header that names the variant.
-pub const VARIANT_HEADER: &str = "x-watchllm-variant";
+pub static VARIANT_HEADER: HeaderName = HeaderName::from_static("x-watchllm-variant");
 
 #[derive(Clone, Debug)]
 pub struct Variant {

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::prelude::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
@@ -25,7 +25,7 @@ use crate::proxy::ctx::RequestCtx;
 use crate::proxy::request::{prepare_parsed, prepare_request, PreparedRequest};
 
 /// Response header naming whose provider key served the request: `byok` or `global`.
-pub const KEY_SOURCE_HEADER: &str = "x-watchllm-key-source";
+pub static KEY_SOURCE_HEADER: HeaderName = HeaderName::from_static("x-watchllm-key-source");
 
 /// Shared routing state: provider health and the provider-key vault.
 #[derive(Clone, Default)]
@@ -143,7 +143,7 @@ fn apply_experiment<'a>(
     headers: &HeaderMap,
     key_id: &str,
 ) -> Result<(&'a super::experiments::Variant, Bytes, Option<Value>), GatewayError> {
-    let forced = headers.get(VARIANT_HEADER).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
+    let forced = headers.get(&VARIANT_HEADER).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
     let variant = match forced {
         Some(name) => experiment.variant(name).ok_or_else(|| {
             let names: Vec<&str> = experiment.variants.iter().map(|v| v.name.as_str()).collect();
@@ -271,9 +271,10 @@ pub fn on_response(routing: &Routing, config: &RuntimeConfig, upstream: &mut Res
     }
 
     if let Some(variant) = &plan.variant {
-        upstream.insert_header(VARIANT_HEADER, variant.as_str())?;
+        let value = HeaderValue::from_str(variant).map_err(|e| Error::because(ErrorType::InternalError, "invalid variant name for the x-watchllm-variant header", e))?;
+        upstream.insert_static_header(&VARIANT_HEADER, value);
     }
-    upstream.insert_header(KEY_SOURCE_HEADER, plan.key_source)?;
+    upstream.insert_static_header(&KEY_SOURCE_HEADER, HeaderValue::from_static(plan.key_source));
     Ok(())
 }
 

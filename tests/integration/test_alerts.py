@@ -88,7 +88,7 @@ def test_crossing_80_percent_sends_one_signed_webhook(gateway_factory) -> None:
 def test_failing_receiver_retried_and_recorded(gateway_factory) -> None:
     receiver = WebhookReceiver(failures=2)
     try:
-        gateway = gateway_factory(overrides(receiver, monthly_requests=1, thresholds=[0.8], max_attempts=5), environment=ENVIRONMENT)
+        gateway = gateway_factory(overrides(receiver, monthly_requests=1, thresholds=[0.8], max_attempts=5, initial_backoff_ms=300), environment=ENVIRONMENT)
         assert gateway.post("/chat/completions", CHAT).status == 200
 
         def delivered() -> list[dict[str, Any]] | None:
@@ -100,8 +100,12 @@ def test_failing_receiver_retried_and_recorded(gateway_factory) -> None:
         assert [d["attempt"] for d in attempts] == [1, 2, 3]
         assert [d["ok"] for d in attempts] == [False, False, True]
         assert [d["status_code"] for d in attempts] == [500, 500, 200]
-        # Exponential backoff: 100 ms, then 200 ms.
-        assert attempts[2]["at_ms"] - attempts[1]["at_ms"] >= 2 * (attempts[1]["at_ms"] - attempts[0]["at_ms"]) - 50
+        # Exponential backoff: 300 ms, then 600 ms. Each gap also contains an attempt and its record,
+        # which a loaded host can stretch, so only the lower bounds are certain. A constant 300 ms
+        # would leave the second gap far below 600 ms.
+        gaps = [later["at_ms"] - earlier["at_ms"] for earlier, later in zip(attempts, attempts[1:])]
+        assert gaps[0] >= 300 - 5, gaps
+        assert gaps[1] >= 600 - 5, gaps
         assert len([r for r in receiver.received() if json.loads(r["body"])["threshold"] == 0.8]) == 3
     finally:
         receiver.close()
