@@ -125,4 +125,28 @@ mod tests {
             assert_eq!((*name, value.to_str().unwrap()), (expected_name, expected_value));
         }
     }
+
+    #[test]
+    fn provider_limit_headers_replaced() {
+        // An upstream such as OpenAI sends its own x-ratelimit-* headers, in its own case.
+        let mut response = pingora::http::ResponseHeader::build(200, Some(2)).unwrap();
+        response.insert_header("Content-Type", "application/json").unwrap();
+        response.insert_header("X-RateLimit-Limit-Requests", "5000").unwrap();
+        response.reserve_headers(6);
+        let figures = Figures { requests: Some(Figure { limit: 60, remaining: 59, reset_s: 1 }), tokens: None };
+        for (name, value) in rate_limit_headers(&figures) {
+            response.insert_static_header(name, value);
+        }
+
+        let mut wire = Vec::new();
+        response.header_to_h1_wire(&mut wire);
+        let wire = String::from_utf8(wire).unwrap();
+        let lines: Vec<&str> = wire.split("\r\n").filter(|line| !line.is_empty()).collect();
+        assert_eq!(lines.len(), 4, "{wire:?}");
+        assert!(lines.contains(&"Content-Type: application/json"), "{wire:?}");
+        assert!(lines.contains(&"x-ratelimit-limit-requests: 60"), "{wire:?}");
+        assert!(lines.contains(&"x-ratelimit-remaining-requests: 59"), "{wire:?}");
+        assert!(lines.contains(&"x-ratelimit-reset-requests: 1s"), "{wire:?}");
+        assert_eq!(response.headers.get_all(&LIMIT_REQUESTS).iter().count(), 1);
+    }
 }
