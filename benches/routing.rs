@@ -20,6 +20,7 @@ fn provider(name: &str) -> Arc<Provider> {
         tls: false,
         host: "127.0.0.1".into(),
         port: 9090,
+        address: Some(([127, 0, 0, 1], 9090).into()),
         base_path: "/v1".into(),
         sni: "127.0.0.1".into(),
         api_key: None,

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -330,13 +331,16 @@ fn parse_provider(
     };
     let tls = url.scheme() == "https";
     let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
-    let sni = if raw.sni.is_empty() { host.trim_matches(|c| c == '[' || c == ']').to_string() } else { raw.sni.clone() };
+    let bare_host = host.trim_matches(|c| c == '[' || c == ']');
+    let sni = if raw.sni.is_empty() { bare_host.to_string() } else { raw.sni.clone() };
+    let address = bare_host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, port));
 
     Ok(Provider {
         name: name.to_string(),
         tls,
         host,
         port,
+        address,
         base_path: url.path().trim_end_matches('/').to_string(),
         sni,
         api_key,
@@ -462,5 +466,21 @@ mod tests {
         assert!(route.provider.tls);
         assert_eq!(route.provider.port, 443);
         assert!(!format!("{runtime:?}").contains("sk-very-secret"));
+    }
+
+    #[test]
+    fn ip_provider_address_parsed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("http://10.1.2.3:8000/v1", Some("10.1.2.3:8000")),
+            ("https://[2001:db8::1]/v1", Some("[2001:db8::1]:443")),
+            ("https://api.example/v1", None),
+        ];
+        for (base_url, expected) in cases {
+            let path = write(dir.path(), &format!("providers:\n  p:\n    base_url: {base_url}\nmodels:\n  small:\n    provider: p\n"), PRICING);
+            let runtime = load_config_with_env(&path, &HashMap::new()).unwrap().runtime;
+            let address = runtime.route("small").unwrap().provider.address;
+            assert_eq!(address, expected.map(|text| text.parse().unwrap()), "{base_url}");
+        }
     }
 }

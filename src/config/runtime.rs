@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,9 @@ pub struct Provider {
     pub tls: bool,
     pub host: String,
     pub port: u16,
+    /// The socket address when `host` is an IP address. A host name is resolved per request
+    /// through `routing::resolve`.
+    pub address: Option<SocketAddr>,
     /// Path prefix from the base URL without a trailing slash, such as `/v1` or `/api/v1`.
     pub base_path: String,
     /// Host name for TLS SNI and the Host header.

@@ -3,6 +3,7 @@
 
 pub mod experiments;
 pub mod health;
+pub mod resolve;
 pub mod select;
 pub mod service;
 pub mod settings;
@@ -10,6 +11,7 @@ pub mod stats;
 
 pub use select::Routing;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::Method;
@@ -85,13 +87,9 @@ pub fn upstream_host(provider: &Provider) -> String {
     }
 }
 
-/// Builds the Pingora peer for a provider: HTTP/1.1, with TLS and SNI for `https` base URLs.
-pub fn build_peer(provider: &Provider) -> HttpPeer {
-    let address = if provider.host.contains(':') && !provider.host.starts_with('[') {
-        format!("[{}]:{}", provider.host, provider.port)
-    } else {
-        format!("{}:{}", provider.host, provider.port)
-    };
+/// Builds the Pingora peer for a provider at its resolved `address`: HTTP/1.1, with TLS and SNI
+/// for `https` base URLs.
+pub fn build_peer(provider: &Provider, address: SocketAddr) -> HttpPeer {
     let mut peer = HttpPeer::new(address, provider.tls, provider.sni.clone());
     peer.options.alpn = ALPN::H1;
     peer.options.connection_timeout = Some(provider.connect_timeout);
@@ -112,6 +110,7 @@ mod tests {
             tls,
             host: "api.example".into(),
             port,
+            address: None,
             base_path: "/api/v1".into(),
             sni: "api.example".into(),
             api_key: None,

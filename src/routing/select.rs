@@ -16,6 +16,7 @@ use tracing::{error, warn};
 
 use super::experiments::{Experiment, VARIANT_HEADER};
 use super::health::{parse_retry_after, HealthRegistry, Observed};
+use super::resolve::Resolver;
 use super::{build_peer, Endpoint};
 use crate::config::runtime::SecretKey;
 use crate::config::{ModelRoute, Provider, RuntimeConfig};
@@ -27,11 +28,12 @@ use crate::proxy::request::{prepare_parsed, prepare_request, PreparedRequest};
 /// Response header naming whose provider key served the request: `byok` or `global`.
 pub static KEY_SOURCE_HEADER: HeaderName = HeaderName::from_static("x-watchllm-key-source");
 
-/// Shared routing state: provider health and the provider-key vault.
+/// Shared routing state: provider health, the provider-key vault and provider addresses.
 #[derive(Clone, Default)]
 pub struct Routing {
     pub health: Arc<HealthRegistry>,
     pub vault: Vault,
+    pub resolver: Resolver,
 }
 
 /// One provider a request may be sent to, with the model id that provider expects.
@@ -232,7 +234,21 @@ pub async fn next_peer(routing: &Routing, ctx: &mut RequestCtx) -> pingora::Resu
             return Err(Error::explain(ErrorType::InternalError, "the project's provider key could not be decrypted"));
         }
     }
-    Ok(Box::new(build_peer(&candidate.provider)))
+    let address = match routing.resolver.address(&candidate.provider).await {
+        Ok(address) => address,
+        Err(e) => {
+            let provider = &candidate.provider.name;
+            warn!(request_id = %ctx.id, provider = %provider, host = %candidate.provider.host, error = %e, "failed to resolve the provider's address");
+            if let Some(config) = ctx.config.as_ref() {
+                routing.health.record_failure(provider, &config.routing.health, Observed::Request, "address lookup failed");
+            }
+            let has_next = ctx.plan.as_ref().is_some_and(RoutePlan::has_next);
+            let mut error = Error::explain(ErrorType::ConnectNoRoute, format!("failed to resolve {}: {e}", candidate.provider.host));
+            error.set_retry(has_next);
+            return Err(error);
+        }
+    };
+    Ok(Box::new(build_peer(&candidate.provider, address)))
 }
 
 /// Returns the key to send to the current provider: the project's own, else the global one.

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use super::health::{redact_url, Observed};
 use super::select::Routing;
+use super::resolve::Resolver;
 use super::{build_peer, upstream_host};
 use crate::config::{Provider, RuntimeConfig};
 use crate::keys::{MasterSecret, MasterSecretSource, RecordSnapshot, Vault};
@@ -39,9 +40,10 @@ pub fn probe_url(provider: &Provider, path: &str) -> String {
 
 /// Sends one probe: `GET {base_url}{path}` with the provider's global key. A status below 500
 /// other than 429 counts as up, because an authentication or not-found response still shows a live server.
-async fn probe(connector: &Connector, provider: &Provider, path: &str, timeout: Duration) -> Result<u16, String> {
+async fn probe(connector: &Connector, resolver: &Resolver, provider: &Provider, path: &str, timeout: Duration) -> Result<u16, String> {
     let attempt = async {
-        let mut peer = build_peer(provider);
+        let address = resolver.address(provider).await.map_err(|e| format!("address lookup failed: {e}"))?;
+        let mut peer = build_peer(provider, address);
         peer.options.read_timeout = Some(timeout);
         peer.options.write_timeout = Some(timeout);
         peer.options.connection_timeout = Some(timeout);
@@ -72,7 +74,7 @@ async fn probe_all(routing: &Routing, connector: &Connector, config: &RuntimeCon
     let options = &config.routing.health;
     let probes = config.routing.providers.iter().map(|provider| async move {
         let started = Instant::now();
-        let outcome = probe(connector, provider, &options.path, options.timeout).await;
+        let outcome = probe(connector, &routing.resolver, provider, &options.path, options.timeout).await;
         let latency = started.elapsed();
         let url = redact_url(&probe_url(provider, &options.path));
         match outcome {

@@ -129,6 +129,42 @@ def test_connection_refused_fails_over(gateway_factory) -> None:
     assert event["status"] == 200
 
 
+def test_provider_by_host_name(gateway_factory, primary_mock: MockUpstreamOnPort) -> None:
+    by_name = primary_mock.url.replace("127.0.0.1", "localhost")
+    assert "localhost" in by_name
+    gateway = gateway_factory(config_overrides=routed_config(by_name), environment=ENVIRONMENT)
+    for _ in range(3):
+        assert served_by(gateway, primary_mock) == "primary"
+
+
+def test_unresolvable_provider_fails_over(gateway_factory) -> None:
+    # The .invalid top-level domain never resolves (RFC 6761).
+    gateway = gateway_factory(config_overrides=routed_config("http://provider.invalid/v1"), environment=ENVIRONMENT)
+    raw = gateway.client().chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert raw.http_response.status_code == 200
+    event = gateway.wait_for_event(raw.headers["x-watchllm-request-id"])
+    assert event["provider"] == "mock"
+    assert "failed to resolve the provider's address" in gateway.stderr_text()
+
+
+def test_unresolvable_provider_alone_is_502(gateway_factory) -> None:
+    config = {
+        "providers": {"primary": {"base_url": "http://provider.invalid/v1"}},
+        "models": {"gpt-4o-mini": {"provider": "primary"}},
+        "health": {"enabled": False},
+    }
+    gateway = gateway_factory(config_overrides=config, environment=ENVIRONMENT)
+    for _ in range(2):
+        response = gateway.post("/chat/completions", BODY)
+        assert response.status == 502
+        error = response.json()["error"]
+        assert error["code"] == "upstream_connect_failed"
+        assert error["type"] == "upstream_error"
+    assert "panicked" not in gateway.stderr_text()
+    models = gateway.client().models.list()
+    assert "gpt-4o-mini" in [m.id for m in models.data]
+
+
 def test_status_503_fails_over(gateway_factory) -> None:
     failing = FakeUpstream(503)
     try:
