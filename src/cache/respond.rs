@@ -10,7 +10,7 @@ use super::entry::CachedEntry;
 use super::policy::{CACHE_HEADER, SIMILARITY_HEADER};
 use super::replay::{json_body, stream_events};
 use super::state::{CacheState, CacheStatus};
-use crate::proxy::respond::{request_id_value, REQUEST_ID_HEADER};
+use crate::proxy::respond::{add_headers, request_id_value, REQUEST_ID_HEADER};
 
 /// Adds `x-watchllm-cache` (and the similarity of a semantic hit) to a response header.
 pub fn annotate(header: &mut ResponseHeader, state: &CacheState) {
@@ -60,10 +60,4 @@ pub async fn send_hit(
         session.write_response_body(Some(Bytes::from(event)), i == last).await?;
     }
     Ok(())
-}
-
-fn add_headers(header: &mut ResponseHeader, extra: &[(&'static HeaderName, HeaderValue)]) {
-    for (name, value) in extra {
-        header.insert_static_header(name, value.clone());
-    }
 }

@@ -27,8 +27,8 @@ pub struct Provider {
     pub tls: bool,
     pub host: String,
     pub port: u16,
-    /// The socket address when `host` is an IP address. A host name is resolved per request
-    /// through `routing::resolve`.
+    /// The socket address when `host` is an IP address. A host name has none, and
+    /// `routing::resolve` looks it up and keeps the result.
     pub address: Option<SocketAddr>,
     /// Path prefix from the base URL without a trailing slash, such as `/v1` or `/api/v1`.
     pub base_path: String,

@@ -47,6 +47,7 @@ pub fn rate_limit_headers(figures: &Figures) -> Headers {
 /// One header value before it is written.
 enum Value {
     Count(i64),
+    /// Seconds, written as OpenAI's reset headers write them, such as `45s`, `6m0s` or `27h3m0s`.
     Duration(u64),
 }
 
@@ -72,17 +73,16 @@ impl Value {
     }
 }
 
-/// Formats seconds as OpenAI's reset headers do, such as `45s`, `6m0s` or `27h3m0s`.
-pub fn format_duration(seconds: u64) -> String {
-    let mut text = BytesMut::new();
-    Value::Duration(seconds).write_to(&mut text);
-    String::from_utf8(text.to_vec()).expect("digits and ASCII letters")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::limits::Figure;
+
+    fn format_duration(seconds: u64) -> String {
+        let mut text = BytesMut::new();
+        Value::Duration(seconds).write_to(&mut text);
+        String::from_utf8(text.to_vec()).unwrap()
+    }
 
     #[test]
     fn durations_formatted_like_openai() {

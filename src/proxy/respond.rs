@@ -20,14 +20,19 @@ pub async fn send_json(session: &mut Session, status: u16, request_id: &str, bod
 /// Writes a complete JSON response with `extra` headers.
 pub async fn send_json_with_headers(session: &mut Session, status: u16, request_id: &str, body: Vec<u8>, extra: &[(&'static HeaderName, HeaderValue)]) -> Result<()> {
     let mut header = ResponseHeader::build(status, Some(4 + extra.len()))?;
-    for (name, value) in extra {
-        header.insert_static_header(name, value.clone());
-    }
+    add_headers(&mut header, extra);
     header.insert_header("content-type", "application/json")?;
     header.insert_header("content-length", body.len().to_string())?;
     header.insert_static_header(&REQUEST_ID_HEADER, request_id_value(request_id)?);
     session.write_response_header(Box::new(header), false).await?;
     session.write_response_body(Some(Bytes::from(body)), true).await
+}
+
+/// Adds `extra` headers, such as the rate-limit figures and `Retry-After`, to a response.
+pub fn add_headers(header: &mut ResponseHeader, extra: &[(&'static HeaderName, HeaderValue)]) {
+    for (name, value) in extra {
+        header.insert_static_header(name, value.clone());
+    }
 }
 
 /// Returns the request id as a header value.
