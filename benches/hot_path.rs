@@ -74,7 +74,7 @@ fn usage_from_body(c: &mut Criterion) {
 }
 
 fn token_counts(c: &mut Criterion) {
-    const PROMPT: &str = "What is the capital of France? ResponseContent in one sentence.";
+    const PROMPT: &str = "What is the capital of France? Answer in one sentence.";
     assert_eq!(count_tokens(PROMPT), 12);
     let mut group = c.benchmark_group("tokens");
     // A text the thread counted before, as a conversation's earlier turns are.
@@ -123,8 +123,8 @@ fn authentication(c: &mut Criterion) {
 }
 
 fn request_preparation(c: &mut Criterion) {
-    const PLAIN: &[u8] = br#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"What is the capital of France? ResponseContent in one sentence."}],"temperature":0.2,"max_tokens":64}"#;
-    const STREAMED: &[u8] = br#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"What is the capital of France? ResponseContent in one sentence."}],"temperature":0.2,"max_tokens":64,"stream":true}"#;
+    const PLAIN: &[u8] = br#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"What is the capital of France? Answer in one sentence."}],"temperature":0.2,"max_tokens":64}"#;
+    const STREAMED: &[u8] = br#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"What is the capital of France? Answer in one sentence."}],"temperature":0.2,"max_tokens":64,"stream":true}"#;
     let prepare = |body: &'static [u8], upstream_model: Option<&'static str>| {
         move || prepare_request(Endpoint::ChatCompletions, Bytes::from_static(black_box(body)), upstream_model).expect("benchmark body is valid")
     };

@@ -3,9 +3,10 @@
 //! Each folder is one concern of the gateway; `proxy` holds the thin `ProxyHttp` hooks that call
 //! into the others. docs/ARCHITECTURE.md walks a request through them.
 
-// Three modules are allowed `unsafe` blocks: `server::scheduling` for raw `sched_setattr` calls,
-// `embed::kernels::bf16` for AVX-512 loads and stores, and `embed::kernels::amx` for AMX tile
-// instructions and the `arch_prctl` call that permits them. Each block has a `SAFETY:` comment.
+// Four modules are allowed `unsafe` blocks. `server::scheduling` makes raw `sched_setattr` calls,
+// `embed::kernels::bf16` uses AVX-512 loads and stores, and `embed::kernels::amx` AMX tile
+// instructions and the `arch_prctl` call that permits them. `store::sqlite_usage` runs rusqlite
+// on the handle of a connection that sqlx holds. Each block has a `SAFETY:` comment.
 #![deny(unsafe_code)]
 
 pub mod accounting;

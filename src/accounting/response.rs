@@ -6,6 +6,7 @@ use std::marker::PhantomData;
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::Usage;
@@ -22,15 +23,16 @@ pub struct ResponseSummary {
     pub text: String,
 }
 
-/// The fields read by the fast path. Everything else is skipped without being built.
+/// The fields read by the fast path. Everything else is skipped without being built, and the
+/// choices are kept as raw text until a missing `usage` makes their text needed.
 #[derive(Deserialize)]
-struct Body {
+struct Body<'a> {
     #[serde(default)]
     usage: Option<Object<UsageCounts>>,
     #[serde(default)]
     error: Option<IgnoredAny>,
-    #[serde(default)]
-    choices: Option<Vec<Choice>>,
+    #[serde(default, borrow)]
+    choices: Option<&'a RawValue>,
 }
 
 /// A `usage` object's counts. A count that is not an integer fails this typed parse, and the
@@ -110,29 +112,29 @@ struct Message {
 impl ResponseSummary {
     /// Reads a response body. A body that is not JSON gives the default: no usage, no error.
     pub fn read(body: &[u8]) -> ResponseSummary {
-        match serde_json::from_slice::<Body>(body) {
-            Ok(parsed) => Self::from_body(parsed),
-                // A field of an unexpected type, such as a `choices` that is not a list, fails the
-            // typed parse. The generic parse still finds the fields that are there.
-            Err(_) => match serde_json::from_slice::<Value>(body) {
+        // A field of an unexpected type, such as a `choices` that is not a list, fails the typed
+        // parse. The generic parse still finds the fields that are there.
+        serde_json::from_slice::<Body>(body)
+            .ok()
+            .and_then(Self::from_body)
+            .unwrap_or_else(|| match serde_json::from_slice::<Value>(body) {
                 Ok(value) => Self::from_value(&value),
                 Err(_) => ResponseSummary::default(),
-            },
-        }
+            })
     }
 
-    fn from_body(body: Body) -> ResponseSummary {
+    /// `None` when the choices, needed for the text, are not the list of objects they should be.
+    fn from_body(body: Body<'_>) -> Option<ResponseSummary> {
         let usage = body.usage.as_ref().map(|counts| counts.0.usage());
-        let text = match usage {
-            Some(_) => String::new(),
-            None => body
-                .choices
-                .unwrap_or_default()
+        let text = match (usage, body.choices) {
+            (None, Some(raw)) => serde_json::from_str::<Vec<Choice>>(raw.get())
+                .ok()?
                 .into_iter()
                 .filter_map(|choice| choice.message.and_then(|m| m.content).or(choice.text))
                 .collect(),
+            _ => String::new(),
         };
-        ResponseSummary { usage, is_error: body.error.is_some(), text }
+        Some(ResponseSummary { usage, is_error: body.error.is_some(), text })
     }
 
     fn from_value(value: &Value) -> ResponseSummary {

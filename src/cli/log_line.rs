@@ -12,7 +12,7 @@ use std::fmt::{self, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
+use tracing::{Event, Level, Subscriber};
 use tracing_log::NormalizeEvent;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -32,7 +32,17 @@ where
         // Records from the `log` crate (Pingora's) carry their target in fields.
         let normalized = event.normalized_metadata();
         let metadata = normalized.as_ref().unwrap_or_else(|| event.metadata());
-        write!(writer, " {:>5} {}:", metadata.level().as_str(), metadata.target())?;
+        // The level right-aligned in five characters, as the default format has it.
+        let level = match *metadata.level() {
+            Level::TRACE => " TRACE ",
+            Level::DEBUG => " DEBUG ",
+            Level::INFO => "  INFO ",
+            Level::WARN => "  WARN ",
+            Level::ERROR => " ERROR ",
+        };
+        writer.write_str(level)?;
+        writer.write_str(metadata.target())?;
+        writer.write_char(':')?;
         let mut fields = Fields { writer: &mut writer, result: Ok(()) };
         event.record(&mut fields);
         fields.result?;
@@ -54,7 +64,15 @@ fn write_timestamp(writer: &mut impl Write, seconds: u64, micros: u32) -> fmt::R
             write!(last.1, "{}", time.format("%Y-%m-%dT%H:%M:%S"))?;
             last.0 = seconds;
         }
-        write!(writer, "{}.{micros:06}Z", last.1)
+        // `.` and six digits of microseconds, then `Z`.
+        let mut fraction = *b".000000Z";
+        let mut rest = micros.min(999_999);
+        for digit in fraction[1..7].iter_mut().rev() {
+            *digit = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        writer.write_str(&last.1)?;
+        writer.write_str(std::str::from_utf8(&fraction).map_err(|_| fmt::Error)?)
     })
 }
 
@@ -66,45 +84,77 @@ struct Fields<'w, 'a> {
 }
 
 impl Fields<'_, '_> {
-    fn field(&mut self, field: &Field, value: fmt::Arguments<'_>) {
-        if self.result.is_err() || field.name().starts_with("log.") {
-            return;
-        }
-        self.result = if field.name() == "message" {
-            write!(self.writer, " {value}")
-        } else {
-            write!(self.writer, " {}={value}", field.name())
-        };
+    /// Returns whether the field is written at all: the `log` crate's own fields are not.
+    fn wanted(&self, field: &Field) -> bool {
+        self.result.is_ok() && !field.name().starts_with("log.")
     }
+
+    /// Writes ` name=`, or only ` ` for the message.
+    fn name(&mut self, field: &Field) -> fmt::Result {
+        self.writer.write_char(' ')?;
+        if field.name() != "message" {
+            self.writer.write_str(field.name())?;
+            self.writer.write_char('=')?;
+        }
+        Ok(())
+    }
+
+    /// Writes a value that is already text. Numbers and booleans take this path, without the
+    /// formatting machinery; one line per request writes about ten of them.
+    fn text(&mut self, field: &Field, value: &str) {
+        if self.wanted(field) {
+            self.result = self.name(field).and_then(|()| self.writer.write_str(value));
+        }
+    }
+
+    fn formatted(&mut self, field: &Field, value: fmt::Arguments<'_>) {
+        if self.wanted(field) {
+            self.result = self.name(field).and_then(|()| self.writer.write_fmt(value));
+        }
+    }
+}
+
+/// Returns whether `value` reads the same in quotes as its `Debug` form does: printable ASCII
+/// without a quote or a backslash, so that nothing needs escaping.
+fn needs_no_escape(value: &str) -> bool {
+    value.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
 }
 
 impl Visit for Fields<'_, '_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
-            self.field(field, format_args!("{value}"));
+            self.text(field, value);
+        } else if needs_no_escape(value) {
+            if self.wanted(field) {
+                self.result = self.name(field).and_then(|()| {
+                    self.writer.write_char('"')?;
+                    self.writer.write_str(value)?;
+                    self.writer.write_char('"')
+                });
+            }
         } else {
-            self.field(field, format_args!("{value:?}"));
+            self.formatted(field, format_args!("{value:?}"));
         }
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.field(field, format_args!("{value}"));
+        self.text(field, itoa::Buffer::new().format(value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.field(field, format_args!("{value}"));
+        self.text(field, itoa::Buffer::new().format(value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.field(field, format_args!("{value}"));
+        self.text(field, if value { "true" } else { "false" });
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.field(field, format_args!("{value}"));
+        self.formatted(field, format_args!("{value}"));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.field(field, format_args!("{value:?}"));
+        self.formatted(field, format_args!("{value:?}"));
     }
 }
 
@@ -162,6 +212,23 @@ mod tests {
         let line = capture(|| tracing::warn!(error = "bad\nrequest_id=forged", "proxy failed"));
         assert!(line.ends_with(" WARN watchllm::cli::log_line::tests: proxy failed error=\"bad\\nrequest_id=forged\"\n"), "{line}");
         assert_eq!(line.matches('\n').count(), 1);
+    }
+
+    #[test]
+    fn values_match_their_debug_forms() {
+        let line = capture(|| {
+            tracing::info!(plain = "unknown_url", accent = "café", tab = "a\tb", quote = "say \"hi\"", low = -42i64, high = u64::MAX, on = true, "done")
+        });
+        let fields = line.split_once(" done").unwrap().1;
+        let expected = format!(
+            " plain={:?} accent={:?} tab={:?} quote={:?} low=-42 high={} on=true\n",
+            "unknown_url",
+            "café",
+            "a\tb",
+            "say \"hi\"",
+            u64::MAX
+        );
+        assert_eq!(fields, expected);
     }
 
     #[test]

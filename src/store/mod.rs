@@ -7,6 +7,7 @@ pub mod cache_settings;
 mod keys;
 mod projects;
 pub mod rollups;
+mod sqlite_usage;
 mod usage;
 
 #[cfg(test)]

@@ -89,17 +89,14 @@ macro_rules! upsert_rollups {
 }
 pub(crate) use upsert_rollups;
 
-/// Adds the events of `$events` whose ids are in `$new_ids` (the ids that the insert returned)
-/// to the hourly and daily rollups, through `$conn`. An id counts once even when the batch
-/// contains it twice, because the insert stored only its first copy.
-macro_rules! add_new_events_to_rollups {
-    ($conn:expr, $events:expr, $new_ids:expr) => {
+/// Adds `$inserted` (a `Vec<&UsageEvent>` of the events that the insert stored) to the hourly and
+/// daily rollups, through `$conn`. The inserts list an id once even when it appears twice in the
+/// batch, because they store only its first copy.
+macro_rules! add_events_to_rollups {
+    ($conn:expr, $inserted:expr) => {
         async {
-            let mut pending: std::collections::HashSet<&str> = $new_ids.iter().map(String::as_str).collect();
-            let inserted: Vec<&$crate::accounting::UsageEvent> =
-                $events.iter().filter(|event| pending.remove(event.id.as_str())).collect();
             for granularity in [$crate::analytics::rollup::Granularity::Hour, $crate::analytics::rollup::Granularity::Day] {
-                let rollups = $crate::analytics::rollup::aggregate(granularity, inserted.iter().copied());
+                let rollups = $crate::analytics::rollup::aggregate(granularity, $inserted.iter().copied());
                 $crate::store::rollups::upsert_rollups!($conn, &rollups, granularity)?;
             }
             Ok::<(), sqlx::Error>(())
@@ -107,7 +104,7 @@ macro_rules! add_new_events_to_rollups {
         .await
     };
 }
-pub(crate) use add_new_events_to_rollups;
+pub(crate) use add_events_to_rollups;
 
 /// A column of the rollups that the usage API can group by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

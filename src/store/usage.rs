@@ -1,17 +1,26 @@
 //! Usage events: batched inserts and reads.
 
-use anyhow::{ensure, Context, Result};
-use sqlx::{QueryBuilder, Row};
+use std::collections::HashSet;
 
-use super::{statement_chunks, with_pool, Store, MAX_BIND_PARAMETERS, STATEMENT_ROWS};
+use anyhow::{ensure, Context, Result};
+use sqlx::{PgPool, QueryBuilder, Row, SqlitePool};
+
+use super::{sqlite_usage, statement_chunks, with_pool, Store, MAX_BIND_PARAMETERS, STATEMENT_ROWS};
 use crate::accounting::UsageEvent;
 
-/// Columns of `usage_events`, in the order in which `insert_in_chunks!` binds them.
-const COLUMNS: &str = "id, created_at_ms, project_id, key_id, endpoint, model, provider, \
-                       upstream_model, status, stream, prompt_tokens, completion_tokens, \
-                       cached_tokens, reasoning_tokens, total_tokens, tokens_estimated, \
-                       cost_usd, potential_cost_usd, cache_status, latency_ms, ttfb_ms, error_type, \
-                       key_source, variant, cache_similarity";
+/// The columns of `usage_events`, in the order in which the inserts bind them. A macro, so that
+/// the SQLite insert can build its statement text at compile time.
+macro_rules! usage_columns {
+    () => {
+        "id, created_at_ms, project_id, key_id, endpoint, model, provider, upstream_model, status, \
+         stream, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, total_tokens, \
+         tokens_estimated, cost_usd, potential_cost_usd, cache_status, latency_ms, ttfb_ms, \
+         error_type, key_source, variant, cache_similarity"
+    };
+}
+pub(super) use usage_columns;
+
+const COLUMNS: &str = usage_columns!();
 const COLUMN_COUNT: usize = 25;
 const _: () = assert!(STATEMENT_ROWS[0] * COLUMN_COUNT <= MAX_BIND_PARAMETERS);
 
@@ -53,60 +62,65 @@ macro_rules! usage_event_from_row {
     }};
 }
 
-/// Inserts `$events` with one multi-row INSERT per chunk (lengths from [`statement_chunks`]), all
-/// inside one transaction, and evaluates to the number of rows inserted.
-macro_rules! insert_in_chunks {
-    ($pool:expr, $events:expr) => {
-        async {
-            let mut tx = $pool.begin().await?;
-            let mut inserted_ids: Vec<String> = Vec::new();
-            let mut rest: &[UsageEvent] = $events;
-            for length in statement_chunks(rest.len()) {
-                let (chunk, tail) = rest.split_at(length);
-                rest = tail;
-                let mut builder =
-                    QueryBuilder::new(format!("INSERT INTO usage_events ({COLUMNS}) "));
-                builder.push_values(chunk, |mut row, event: &UsageEvent| {
-                    row.push_bind(event.id.as_str())
-                        .push_bind(event.created_at_ms)
-                        .push_bind(event.project_id.as_str())
-                        .push_bind(event.key_id.as_str())
-                        .push_bind(event.endpoint.as_str())
-                        .push_bind(event.model.as_str())
-                        .push_bind(event.provider.as_str())
-                        .push_bind(event.upstream_model.as_str())
-                        .push_bind(i32::from(event.status))
-                        .push_bind(event.stream)
-                        .push_bind(event.prompt_tokens)
-                        .push_bind(event.completion_tokens)
-                        .push_bind(event.cached_tokens)
-                        .push_bind(event.reasoning_tokens)
-                        .push_bind(event.total_tokens)
-                        .push_bind(event.tokens_estimated)
-                        .push_bind(event.cost_usd)
-                        .push_bind(event.potential_cost_usd)
-                        .push_bind(event.cache_status.as_str())
-                        .push_bind(event.latency_ms)
-                        .push_bind(event.ttfb_ms)
-                        .push_bind(event.error_type.as_deref())
-                        .push_bind(event.key_source.as_str())
-                        .push_bind(event.variant.as_deref())
-                        .push_bind(event.cache_similarity);
-                });
-                // RETURNING lists only the rows inserted (SQLite 3.35 and later, PostgreSQL), so
-                // only events stored now reach the rollups, and a replay cannot count one twice.
-                builder.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
-                // Prepared once per connection and chunk length. A cached statement per batch
-                // length, as before the fixed lengths, grew the heap by about 80 MiB over 300,000
-                // requests of the load benchmark.
-                inserted_ids.extend(builder.build_query_scalar::<String>().fetch_all(&mut *tx).await?);
-            }
-            super::rollups::add_new_events_to_rollups!(tx, $events, inserted_ids)?;
-            tx.commit().await?;
-            Ok::<u64, sqlx::Error>(inserted_ids.len() as u64)
-        }
-        .await
-    };
+/// Inserts `events` into PostgreSQL with one multi-row INSERT per chunk (lengths from
+/// [`statement_chunks`]), all inside one transaction, and returns the number of rows inserted.
+async fn insert_postgres(pool: &PgPool, events: &[UsageEvent]) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut inserted_ids: Vec<String> = Vec::new();
+    let mut rest: &[UsageEvent] = events;
+    for length in statement_chunks(rest.len()) {
+        let (chunk, tail) = rest.split_at(length);
+        rest = tail;
+        let mut builder = QueryBuilder::new(format!("INSERT INTO usage_events ({COLUMNS}) "));
+        builder.push_values(chunk, |mut row, event: &UsageEvent| {
+            row.push_bind(event.id.as_str())
+                .push_bind(event.created_at_ms)
+                .push_bind(event.project_id.as_str())
+                .push_bind(event.key_id.as_str())
+                .push_bind(event.endpoint.as_str())
+                .push_bind(event.model.as_str())
+                .push_bind(event.provider.as_str())
+                .push_bind(event.upstream_model.as_str())
+                .push_bind(i32::from(event.status))
+                .push_bind(event.stream)
+                .push_bind(event.prompt_tokens)
+                .push_bind(event.completion_tokens)
+                .push_bind(event.cached_tokens)
+                .push_bind(event.reasoning_tokens)
+                .push_bind(event.total_tokens)
+                .push_bind(event.tokens_estimated)
+                .push_bind(event.cost_usd)
+                .push_bind(event.potential_cost_usd)
+                .push_bind(event.cache_status.as_str())
+                .push_bind(event.latency_ms)
+                .push_bind(event.ttfb_ms)
+                .push_bind(event.error_type.as_deref())
+                .push_bind(event.key_source.as_str())
+                .push_bind(event.variant.as_deref())
+                .push_bind(event.cache_similarity);
+        });
+        // RETURNING lists only the rows inserted, so only events stored now reach the rollups,
+        // and a replay cannot count one twice.
+        builder.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
+        // Prepared once per connection and chunk length. A cached statement per batch length grew
+        // the heap by about 80 MiB over 300,000 requests of the load benchmark.
+        inserted_ids.extend(builder.build_query_scalar::<String>().fetch_all(&mut *tx).await?);
+    }
+    let mut pending: HashSet<&str> = inserted_ids.iter().map(String::as_str).collect();
+    let inserted: Vec<&UsageEvent> = events.iter().filter(|event| pending.remove(event.id.as_str())).collect();
+    super::rollups::add_events_to_rollups!(tx, inserted)?;
+    tx.commit().await?;
+    Ok(inserted.len() as u64)
+}
+
+/// Inserts `events` into SQLite in one transaction: the rows through [`sqlite_usage`], the
+/// rollups through sqlx. Returns the number of rows inserted.
+async fn insert_sqlite(pool: &SqlitePool, events: &[UsageEvent]) -> Result<u64> {
+    let mut tx = pool.begin().await?;
+    let inserted = sqlite_usage::insert_new(&mut tx, events).await?;
+    super::rollups::add_events_to_rollups!(tx, inserted)?;
+    tx.commit().await?;
+    Ok(inserted.len() as u64)
 }
 
 impl Store {
@@ -118,12 +132,8 @@ impl Store {
         }
 
         let result = match self {
-            Store::Sqlite(pool) => {
-                insert_in_chunks!(pool, events)
-            }
-            Store::Postgres(pool) => {
-                insert_in_chunks!(pool, events)
-            }
+            Store::Sqlite(pool) => insert_sqlite(pool, events).await,
+            Store::Postgres(pool) => insert_postgres(pool, events).await.map_err(anyhow::Error::from),
         };
         result.with_context(|| format!("failed to insert {} usage events", events.len()))
     }
