@@ -16,10 +16,11 @@ pub struct KeyEntry {
     pub plan: String,
 }
 
-/// Active keys by SHA-256, plus the store's keys version the snapshot was built from.
+/// Active keys by SHA-256, plus the store's keys version the snapshot was built from. An entry is
+/// shared, so that a request takes it without copying its strings.
 #[derive(Debug, Default)]
 pub struct KeySnapshot {
-    keys: HashMap<[u8; 32], (KeyEntry, [u8; 32])>,
+    keys: HashMap<[u8; 32], (Arc<KeyEntry>, [u8; 32])>,
     pub version: i64,
 }
 
@@ -30,7 +31,7 @@ impl KeySnapshot {
         for (hash_hex, entry) in entries {
             let mut hash = [0u8; 32];
             if hex::decode_to_slice(&hash_hex, &mut hash).is_ok() {
-                keys.insert(hash, (entry, hash));
+                keys.insert(hash, (Arc::new(entry), hash));
             }
         }
         KeySnapshot { keys, version }
@@ -40,7 +41,7 @@ impl KeySnapshot {
     ///
     /// The map finds the candidate by hash, and the stored hash is then compared in constant time,
     /// so the comparison leaks no timing about how much of a key matched.
-    pub fn authenticate(&self, presented: &str) -> Option<&KeyEntry> {
+    pub fn authenticate(&self, presented: &str) -> Option<&Arc<KeyEntry>> {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let (entry, stored) = self.keys.get(&digest)?;
         bool::from(stored.ct_eq(&digest)).then_some(entry)

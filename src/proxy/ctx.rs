@@ -43,7 +43,7 @@ pub struct RequestCtx {
     /// The config this request started with; a reload does not change it mid-request.
     pub config: Option<Arc<RuntimeConfig>>,
     pub endpoint: Option<Endpoint>,
-    pub key: Option<KeyEntry>,
+    pub key: Option<Arc<KeyEntry>>,
     pub route: Option<ModelRoute>,
     pub request: Option<PreparedRequest>,
     /// The error the gateway sent to the client, if it sent one.

@@ -9,6 +9,8 @@
 // `rusqlite::Connection::from_handle` is the one `unsafe` call; its `SAFETY:` comment is below.
 #![allow(unsafe_code)]
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
 use rusqlite::{params, Connection};
 use sqlx::SqliteConnection;
@@ -42,10 +44,23 @@ pub(super) async fn insert_new<'e>(conn: &mut SqliteConnection, events: &'e [Usa
     Ok(inserted)
 }
 
+/// Rows inserted between two short sleeps of the writer.
+const ROWS_BETWEEN_PAUSES: usize = 64;
+/// How long the writer sleeps between two groups of rows.
+const PAUSE: Duration = Duration::from_micros(50);
+
 fn insert_rows<'e>(db: &Connection, events: &'e [UsageEvent]) -> rusqlite::Result<Vec<&'e UsageEvent>> {
     let mut statement = db.prepare(INSERT)?;
     let mut inserted = Vec::with_capacity(events.len());
-    for event in events {
+    for (index, event) in events.iter().enumerate() {
+        // A batch of 500 rows takes milliseconds on a core that the writer may share with a
+        // request thread. A short sleep every few rows lets a request thread that woke meanwhile
+        // run after a fraction of a millisecond instead of after the whole batch, and the
+        // writer's own wake-up gets the core back. `yield_now` would not do: a busy request
+        // thread keeps the core until the next scheduler tick, and the writer falls behind.
+        if index > 0 && index % ROWS_BETWEEN_PAUSES == 0 {
+            std::thread::sleep(PAUSE);
+        }
         let changed = statement.execute(params![
             event.id,
             event.created_at_ms,
