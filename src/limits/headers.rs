@@ -138,15 +138,45 @@ mod tests {
             response.insert_static_header(name, value);
         }
 
+        let lines = wire_lines(&response);
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert!(lines.contains(&"Content-Type: application/json".to_string()), "{lines:?}");
+        assert_request_limits(&lines);
+        assert_eq!(response.headers.get_all(&LIMIT_REQUESTS).iter().count(), 1);
+    }
+
+    #[test]
+    fn headers_without_provider_case() {
+        // The gateway drops the provider's header case before it adds its own headers.
+        let mut response = pingora::http::ResponseHeader::build(200, Some(3)).unwrap();
+        response.insert_header("Content-Type", "application/json").unwrap();
+        response.insert_header("OpenAI-Processing-Ms", "12").unwrap();
+        response.insert_header("X-RateLimit-Remaining-Requests", "4999").unwrap();
+        response.forget_header_case();
+        let figures = Figures { requests: Some(Figure { limit: 60, remaining: 59, reset_s: 1 }), tokens: None };
+        for (name, value) in rate_limit_headers(&figures) {
+            response.insert_static_header(name, value);
+        }
+
+        let lines = wire_lines(&response);
+        assert_eq!(lines.len(), 5, "{lines:?}");
+        assert!(lines.contains(&"Content-Type: application/json".to_string()), "{lines:?}");
+        assert!(lines.contains(&"openai-processing-ms: 12".to_string()), "{lines:?}");
+        assert_request_limits(&lines);
+    }
+
+    /// The header lines of `response` as they go out on the wire.
+    fn wire_lines(response: &pingora::http::ResponseHeader) -> Vec<String> {
         let mut wire = Vec::new();
         response.header_to_h1_wire(&mut wire);
         let wire = String::from_utf8(wire).unwrap();
-        let lines: Vec<&str> = wire.split("\r\n").filter(|line| !line.is_empty()).collect();
-        assert_eq!(lines.len(), 4, "{wire:?}");
-        assert!(lines.contains(&"Content-Type: application/json"), "{wire:?}");
-        assert!(lines.contains(&"x-ratelimit-limit-requests: 60"), "{wire:?}");
-        assert!(lines.contains(&"x-ratelimit-remaining-requests: 59"), "{wire:?}");
-        assert!(lines.contains(&"x-ratelimit-reset-requests: 1s"), "{wire:?}");
-        assert_eq!(response.headers.get_all(&LIMIT_REQUESTS).iter().count(), 1);
+        wire.split("\r\n").filter(|line| !line.is_empty()).map(str::to_string).collect()
+    }
+
+    /// Checks the three request-limit lines for a limit of 60 with 59 left and a reset in 1 s.
+    fn assert_request_limits(lines: &[String]) {
+        for expected in ["x-ratelimit-limit-requests: 60", "x-ratelimit-remaining-requests: 59", "x-ratelimit-reset-requests: 1s"] {
+            assert!(lines.iter().any(|line| line == expected), "{expected} missing from {lines:?}");
+        }
     }
 }

@@ -307,6 +307,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_response_filter(&self, _session: &mut Session, upstream: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        // Without the provider's header case, every header below goes into one map instead of
+        // two. Standard names still go out titled, the others in lower case.
+        upstream.forget_header_case();
         // The headers added below, at most: routing 2, request id 1, cache 2, transfer-encoding 1.
         upstream.reserve_headers(6 + ctx.limit_headers.len());
         // Health, cool-downs, failover on a configured status, and the routing headers.

@@ -618,6 +618,15 @@ impl ResponseHeader {
         insert_static_header_value(self.header_name_map.as_mut(), &mut self.base.headers, name, value)
     }
 
+    // WatchLLM patch: the method below.
+    /// Drops the record of the headers' original case, as a response built with
+    /// [Self::build_no_case()] never has one. From then on the names are written as
+    /// [Self::header_to_h1_wire()] writes them without it: standard names titled, others in lower
+    /// case. Each later insert or removal then updates one map instead of two.
+    pub fn forget_header_case(&mut self) {
+        self.header_name_map = None;
+    }
+
     /// Write the header to the `buf` in HTTP/1.1 wire format.
     ///
     /// The header case will be preserved.
