@@ -123,7 +123,8 @@ impl ResponseSummary {
             })
     }
 
-    /// `None` when the choices, needed for the text, are not the list of objects they should be.
+    /// Builds the summary from the typed parse. Returns `None` when the text is needed and the
+    /// choices are not a list of choice objects.
     fn from_body(body: Body<'_>) -> Option<ResponseSummary> {
         let usage = body.usage.as_ref().map(|counts| counts.0.usage());
         let text = match (usage, body.choices) {

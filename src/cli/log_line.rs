@@ -84,8 +84,8 @@ struct Fields<'w, 'a> {
 }
 
 impl Fields<'_, '_> {
-    /// Returns whether the field is written at all: the `log` crate's own fields are not.
-    fn wanted(&self, field: &Field) -> bool {
+    /// Returns whether the field goes into the line. The `log` crate's own fields do not.
+    fn should_write(&self, field: &Field) -> bool {
         self.result.is_ok() && !field.name().starts_with("log.")
     }
 
@@ -100,15 +100,26 @@ impl Fields<'_, '_> {
     }
 
     /// Writes a value that is already text. Numbers and booleans take this path, without the
-    /// formatting machinery; one line per request writes about ten of them.
+    /// formatting machinery, because one line per request writes about ten of them.
     fn text(&mut self, field: &Field, value: &str) {
-        if self.wanted(field) {
+        if self.should_write(field) {
             self.result = self.name(field).and_then(|()| self.writer.write_str(value));
         }
     }
 
+    /// Writes a string value that needs no escaping between quotes.
+    fn quoted(&mut self, field: &Field, value: &str) {
+        if self.should_write(field) {
+            self.result = self.name(field).and_then(|()| {
+                self.writer.write_char('"')?;
+                self.writer.write_str(value)?;
+                self.writer.write_char('"')
+            });
+        }
+    }
+
     fn formatted(&mut self, field: &Field, value: fmt::Arguments<'_>) {
-        if self.wanted(field) {
+        if self.should_write(field) {
             self.result = self.name(field).and_then(|()| self.writer.write_fmt(value));
         }
     }
@@ -125,13 +136,7 @@ impl Visit for Fields<'_, '_> {
         if field.name() == "message" {
             self.text(field, value);
         } else if needs_no_escape(value) {
-            if self.wanted(field) {
-                self.result = self.name(field).and_then(|()| {
-                    self.writer.write_char('"')?;
-                    self.writer.write_str(value)?;
-                    self.writer.write_char('"')
-                });
-            }
+            self.quoted(field, value);
         } else {
             self.formatted(field, format_args!("{value:?}"));
         }

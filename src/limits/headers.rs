@@ -165,7 +165,7 @@ mod tests {
         assert_request_limits(&lines);
     }
 
-    /// The header lines of `response` as they go out on the wire.
+    /// Returns the header lines of `response` as they go out on the wire.
     fn wire_lines(response: &pingora::http::ResponseHeader) -> Vec<String> {
         let mut wire = Vec::new();
         response.header_to_h1_wire(&mut wire);

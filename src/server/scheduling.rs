@@ -3,8 +3,9 @@
 //! The usage writer inserts a batch of up to 500 events, which takes milliseconds (an estimate
 //! from about 10 µs per event). On a core that it shares with a request thread, a request that
 //! arrives meanwhile can wait for the rest of the writer's time slice. The SQLite insert also
-//! pauses briefly every 64 rows (`store::sqlite_usage`). Since Linux 6.12, a thread of the normal class may ask for a shorter slice
-//! (`sched_attr.sched_runtime`), and a woken thread with a shorter slice preempts the running one.
+//! pauses briefly every 64 rows (`store::sqlite_usage`). Since Linux 6.12, a thread of the
+//! normal class may ask for a shorter slice (`sched_attr.sched_runtime`), and a woken thread with
+//! a shorter slice preempts the running one.
 //! Older kernels ignore the request, and failures are ignored too, because the slice changes
 //! latency only.
 //!

@@ -6,7 +6,7 @@
 //! each event on the transaction's connection, with its values bound directly. Its change count
 //! shows which events were new, so the statement needs no `RETURNING`.
 
-// `rusqlite::Connection::from_handle` is the one `unsafe` call; its `SAFETY:` comment is below.
+// `rusqlite::Connection::from_handle` is the one `unsafe` call, and its `SAFETY:` comment is below.
 #![allow(unsafe_code)]
 
 use std::time::Duration;
@@ -29,6 +29,10 @@ const INSERT: &str = concat!(
 /// Inserts `events` through `conn`, which should be inside a transaction, and returns the
 /// events that were stored: not those whose id was stored before, and of an id that appears
 /// twice in the batch, only the first.
+///
+/// NOTE: the rows are written synchronously on the calling thread, so the writer's insert
+/// timeout cannot cut this part short. SQLite's busy timeout (5 s) still bounds the wait for the
+/// write lock.
 pub(super) async fn insert_new<'e>(conn: &mut SqliteConnection, events: &'e [UsageEvent]) -> Result<Vec<&'e UsageEvent>> {
     let mut locked = conn.lock_handle().await.context("failed to lock the SQLite connection")?;
     let handle = locked.as_raw_handle();
@@ -53,11 +57,9 @@ fn insert_rows<'e>(db: &Connection, events: &'e [UsageEvent]) -> rusqlite::Resul
     let mut statement = db.prepare(INSERT)?;
     let mut inserted = Vec::with_capacity(events.len());
     for (index, event) in events.iter().enumerate() {
-        // A batch of 500 rows takes milliseconds on a core that the writer may share with a
-        // request thread. A short sleep every few rows lets a request thread that woke meanwhile
-        // run after a fraction of a millisecond instead of after the whole batch, and the
-        // writer's own wake-up gets the core back. `yield_now` would not do: a busy request
-        // thread keeps the core until the next scheduler tick, and the writer falls behind.
+        // A request thread that shares the core runs during the sleep instead of waiting for the
+        // whole batch, and the writer's wake-up gets the core back. With `yield_now`, a busy
+        // request thread kept the core until the next scheduler tick and the writer fell behind.
         if index > 0 && index % ROWS_BETWEEN_PAUSES == 0 {
             std::thread::sleep(PAUSE);
         }
