@@ -15,9 +15,12 @@ pub mod settings;
 pub mod webhook;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::analytics::alert::{ProjectedBudgetAlert, BUDGET_ALERT_KIND};
@@ -43,17 +46,31 @@ pub enum Alert {
     ProjectedBudgetExceeded(ProjectedBudgetAlert),
 }
 
+/// An alert in the queue, with the token that counts it as unfinished until its delivery ends.
+type Queued = (Alert, TaskTrackerToken);
+
 /// The receiving end of the alert channel, drained by [`run_dispatcher`].
-pub type AlertReceiver = mpsc::Receiver<Alert>;
+pub struct AlertReceiver(mpsc::Receiver<Queued>);
+
+impl AlertReceiver {
+    /// Takes the next queued alert without waiting, and counts it as finished.
+    pub fn try_recv(&mut self) -> Option<Alert> {
+        self.0.try_recv().ok().map(|(alert, _token)| alert)
+    }
+}
 
 /// The handle that raises alerts without waiting. Cheap to clone.
 #[derive(Clone)]
-pub struct AlertSink(mpsc::Sender<Alert>);
+pub struct AlertSink {
+    queue: mpsc::Sender<Queued>,
+    /// Counts every alert from its raising until its last channel has finished.
+    unfinished: TaskTracker,
+}
 
 /// Creates a sink and the receiver that [`run_dispatcher`] drains.
 pub fn alert_channel() -> (AlertSink, AlertReceiver) {
     let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
-    (AlertSink(sender), receiver)
+    (AlertSink { queue: sender, unfinished: TaskTracker::new() }, AlertReceiver(receiver))
 }
 
 impl AlertSink {
@@ -72,8 +89,19 @@ impl AlertSink {
             Alert::UsageThreshold(candidate) => candidate.project_id.clone(),
             Alert::ProjectedBudgetExceeded(budget) => budget.project_id.clone(),
         };
-        if self.0.try_send(alert).is_err() {
+        if self.queue.try_send((alert, self.unfinished.token())).is_err() {
             warn!(project_id = %project_id, "alert queue full or closed; an alert is dropped");
+        }
+    }
+
+    /// Waits until every alert raised so far, and every one raised meanwhile, has been stored and
+    /// delivered or has used up its attempts, or until `limit` has passed. Returns how many
+    /// alerts were still unfinished. Shutdown calls it after the last usage events are written.
+    pub async fn settle(&self, limit: Duration) -> usize {
+        self.unfinished.close();
+        match tokio::time::timeout(limit, self.unfinished.wait()).await {
+            Ok(()) => 0,
+            Err(_) => self.unfinished.len(),
         }
     }
 }
@@ -105,9 +133,11 @@ struct Outgoing {
 }
 
 /// Stores each raised usage-limit alert, and delivers every alert that this node raised first.
-pub async fn run_dispatcher(mut receiver: AlertReceiver, store: Store, config: Arc<ArcSwap<RuntimeConfig>>) {
+pub async fn run_dispatcher(receiver: AlertReceiver, store: Store, config: Arc<ArcSwap<RuntimeConfig>>) {
+    let AlertReceiver(mut receiver) = receiver;
     let client = reqwest::Client::builder().no_proxy().build().unwrap_or_default();
-    while let Some(alert) = receiver.recv().await {
+    // The token of an alert ends with its delivery, or here when the store already had it.
+    while let Some((alert, token)) = receiver.recv().await {
         let settings = config.load().alerts.clone();
         let outgoing = match alert {
             Alert::UsageThreshold(candidate) => match store_usage_alert(&store, &settings, &candidate).await {
@@ -125,8 +155,13 @@ pub async fn run_dispatcher(mut receiver: AlertReceiver, store: Store, config: A
                 }
             }
         };
-        // NOTE: a node that stops while delivering leaves the alert undelivered; no node resumes it.
-        tokio::spawn(deliver(client.clone(), store.clone(), settings, outgoing));
+        // NOTE: shutdown waits a few seconds for deliveries (see `AlertSink::settle`); an alert
+        // still undelivered after that, or when the process is killed, is not resumed by any node.
+        let delivery = deliver(client.clone(), store.clone(), settings, outgoing);
+        tokio::spawn(async move {
+            delivery.await;
+            drop(token);
+        });
     }
 }
 
@@ -236,4 +271,48 @@ where
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::limits::clock::Month;
+    use crate::limits::LimitKind;
+
+    fn candidate() -> AlertCandidate {
+        let month = Month::containing(1_780_000_000_000, chrono_tz::Tz::UTC);
+        AlertCandidate { project_id: "proj_a".into(), kind: LimitKind::MonthlyRequests, threshold: 0.8, used: 8.0, limit: 10.0, month }
+    }
+
+    #[tokio::test]
+    async fn settle_waits_for_queued_and_delivering_alerts() {
+        let (sink, AlertReceiver(mut queue)) = alert_channel();
+        sink.raise(vec![candidate()]);
+        // A dispatcher stand-in: it takes the alert late, then "delivers" it for a while.
+        let dispatcher = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let (_alert, token) = queue.recv().await.expect("a queued alert");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(token);
+            queue
+        });
+        let started = Instant::now();
+        assert_eq!(sink.settle(Duration::from_secs(5)).await, 0);
+        assert!(started.elapsed() >= Duration::from_millis(200), "settled after {:?}", started.elapsed());
+        dispatcher.await.expect("dispatcher stand-in");
+    }
+
+    #[tokio::test]
+    async fn settle_gives_up_after_its_limit() {
+        let (sink, mut receiver) = alert_channel();
+        sink.raise(vec![candidate(), candidate()]);
+        assert_eq!(sink.settle(Duration::from_millis(50)).await, 2);
+        // An alert raised during shutdown is counted too; taking it off the queue finishes it.
+        sink.raise(vec![candidate()]);
+        assert_eq!(sink.settle(Duration::from_millis(10)).await, 3);
+        while receiver.try_recv().is_some() {}
+        assert_eq!(sink.settle(Duration::from_millis(10)).await, 0);
+    }
 }

@@ -74,7 +74,9 @@ impl BackgroundService for LimitsService {
                 }
             }
         };
-        let dispatcher = tokio::spawn(run_dispatcher(receiver, store.clone(), self.config.clone()));
+        // The dispatcher outlives this loop: alerts raised while the server drains are still
+        // delivered, and the accounting service waits for them before the process exits.
+        tokio::spawn(run_dispatcher(receiver, store.clone(), self.config.clone()));
 
         // Alerts already due from the rebuilt usage are raised now; the store drops repeats.
         let rebuilt = self.rebuilt.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
@@ -126,6 +128,5 @@ impl BackgroundService for LimitsService {
                 warn!(error = %e, "limits: failed the final push to the shared totals");
             }
         }
-        dispatcher.abort();
     }
 }

@@ -107,7 +107,7 @@ pub fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     proxy.add_tcp(&config.listen);
     proxy.threads = Some(config.threads);
 
-    let accounting = AccountingService::new(writer, keys, shared_config.clone(), in_flight);
+    let accounting = AccountingService::new(writer, keys, shared_config.clone(), in_flight, alert_sink.clone());
     let admin = AdminService::new(admin_listener, shared_config.clone(), metrics.clone(), sink, journal, limiter.clone(), alert_sink.clone()).with_routing(routing.clone());
     let limits = crate::limits::service::LimitsService::new(limiter, shared_config.clone(), alert_sink, alert_receiver, rebuilt);
     let routing_service = crate::routing::service::RoutingService::new(routing.clone(), shared_config.clone());

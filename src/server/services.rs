@@ -28,18 +28,24 @@ use crate::store::Store;
 /// Writes usage events to the store and keeps the key snapshot current.
 ///
 /// At shutdown it waits for the requests in flight (up to `shutdown_grace_seconds`), writes the
-/// remaining usage events, and then ends the process, because Pingora would otherwise sleep
+/// remaining usage events, waits for the alerts still being delivered (up to
+/// `ALERT_SETTLE_LIMIT`), and then ends the process, because Pingora would otherwise sleep
 /// through its whole grace period even when nothing is left to do.
 pub struct AccountingService {
     writer: Mutex<Option<UsageWriter>>,
     keys: SharedKeys,
     config: Arc<ArcSwap<RuntimeConfig>>,
     in_flight: Arc<AtomicUsize>,
+    alerts: crate::alerts::AlertSink,
 }
 
+/// How long shutdown waits for alert deliveries after the last usage events are written.
+/// Pingora's own grace period (`shutdown_grace_seconds` + 2 s) can end the process sooner.
+const ALERT_SETTLE_LIMIT: Duration = Duration::from_secs(5);
+
 impl AccountingService {
-    pub fn new(writer: UsageWriter, keys: SharedKeys, config: Arc<ArcSwap<RuntimeConfig>>, in_flight: Arc<AtomicUsize>) -> Self {
-        AccountingService { writer: Mutex::new(Some(writer)), keys, config, in_flight }
+    pub fn new(writer: UsageWriter, keys: SharedKeys, config: Arc<ArcSwap<RuntimeConfig>>, in_flight: Arc<AtomicUsize>, alerts: crate::alerts::AlertSink) -> Self {
+        AccountingService { writer: Mutex::new(Some(writer)), keys, config, in_flight, alerts }
     }
 }
 
@@ -128,6 +134,10 @@ impl BackgroundService for AccountingService {
         let grace = config.shutdown_grace;
         writer.run(store.clone(), options, drained(shutdown, self.in_flight.clone(), grace)).await;
         refresher.abort();
+        let unfinished = self.alerts.settle(ALERT_SETTLE_LIMIT).await;
+        if unfinished > 0 {
+            warn!(unfinished, "shutdown: alerts still being delivered are cut and stay undelivered");
+        }
         store.close().await;
         info!("accounting stopped; usage events written, exiting");
         std::process::exit(0);

@@ -724,15 +724,19 @@ class SharedDatabaseNode(Gateway):
 
 
 class WebhookReceiver:
-    """An HTTP server on 127.0.0.1 that records each POST and fails the first `failures` of them."""
+    """An HTTP server on 127.0.0.1 that records each POST and fails the first `failures` of them.
 
-    def __init__(self, failures: int = 0, status_on_failure: int = 500):
+    It sends each response `delay_s` seconds after recording the POST.
+    """
+
+    def __init__(self, failures: int = 0, status_on_failure: int = 500, delay_s: float = 0.0):
         import http.server
         import threading
 
         receiver = self
         self.failures = failures
         self.status_on_failure = status_on_failure
+        self.delay_s = delay_s
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
 
@@ -743,6 +747,7 @@ class WebhookReceiver:
                 with receiver.lock:
                     receiver.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
                     failing = len(receiver.requests) <= receiver.failures
+                time.sleep(receiver.delay_s)
                 self.send_response(receiver.status_on_failure if failing else 200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

@@ -127,6 +127,30 @@ def test_receiver_down_marks_alert_failed(gateway_factory) -> None:
         receiver.close()
 
 
+def test_shutdown_waits_for_a_delivery_in_flight(gateway_factory) -> None:
+    # The receiver responds 1.5 s after it records the webhook, and SIGTERM arrives in between.
+    receiver = WebhookReceiver(delay_s=1.5)
+    try:
+        gateway = gateway_factory(overrides(receiver, monthly_requests=1, thresholds=[0.8]), environment=ENVIRONMENT)
+        assert gateway.post("/chat/completions", CHAT).status == 200
+        wait_until(lambda: receiver.received(), 10.0, "no webhook arrived")
+        started = time.monotonic()
+        assert gateway.stop() == 0
+        assert time.monotonic() - started >= 1.0, "the gateway exited before the receiver answered"
+        assert "alerts still being delivered are cut" not in gateway.stderr_text()
+
+        # The delivery was recorded before the exit, so the restarted gateway does not send it again.
+        gateway.start()
+        alerts = alerts_of(gateway)
+        assert len(alerts) == 1
+        assert alerts[0]["webhook_status"] == "delivered"
+        assert [d["ok"] for d in alerts[0]["deliveries"]] == [True]
+        time.sleep(1.0)
+        assert len(receiver.received()) == 1
+    finally:
+        receiver.close()
+
+
 def test_email_through_smtp_sink(gateway_factory) -> None:
     sink = SmtpSink()
     try:
