@@ -4,6 +4,7 @@
 pub mod event;
 pub mod journal;
 pub mod outcome;
+pub mod priority;
 pub mod response;
 pub mod sse;
 pub mod usage;

@@ -166,6 +166,9 @@ fn validate(
     if raw.accounting.batch_size == 0 || raw.accounting.channel_capacity == 0 {
         problem("accounting", "batch_size and channel_capacity must be at least 1".into());
     }
+    if !(0..=19).contains(&raw.accounting.writer_nice) {
+        problem("accounting.writer_nice", format!("must be between 0 and 19, got {}", raw.accounting.writer_nice));
+    }
 
     let mut providers = HashMap::new();
     for (name, raw_provider) in &raw.providers {
@@ -254,6 +257,7 @@ fn validate(
             flush_interval: Duration::from_millis(raw.accounting.flush_interval_ms.max(1)),
             replay_interval: Duration::from_millis(raw.accounting.replay_interval_ms.max(10)),
             journal_max_bytes: raw.accounting.journal_max_bytes,
+            writer_nice: raw.accounting.writer_nice,
         },
         admin_token,
         public_metrics: raw.admin.public_metrics,
@@ -394,6 +398,24 @@ mod tests {
         assert!(paths.contains(&"providers.bad.base_url"), "{paths:?}");
         assert!(paths.contains(&"models.small.provider"), "{paths:?}");
         assert!(paths.contains(&"models.unpriced"), "{paths:?}");
+    }
+
+    #[test]
+    fn writer_nice_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let providers = "providers:\n  mock:\n    base_url: http://127.0.0.1:9000/v1\nmodels:\n  small:\n    provider: mock\n";
+        let path = write(dir.path(), providers, PRICING);
+        assert_eq!(load_config_with_env(&path, &HashMap::new()).unwrap().runtime.accounting.writer_nice, 5);
+        for (value, valid) in [("0", true), ("19", true), ("20", false), ("-1", false)] {
+            let path = write(dir.path(), &format!("{providers}accounting:\n  writer_nice: {value}\n"), PRICING);
+            match load_config_with_env(&path, &HashMap::new()) {
+                Ok(loaded) => assert!(valid, "{value} was accepted as {}", loaded.runtime.accounting.writer_nice),
+                Err(err) => {
+                    assert!(!valid, "{value} was rejected: {:?}", err.problems);
+                    assert_eq!(err.problems[0].path, "accounting.writer_nice");
+                }
+            }
+        }
     }
 
     #[test]

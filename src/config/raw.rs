@@ -103,6 +103,8 @@ pub struct RawAccounting {
     pub replay_interval_ms: u64,
     /// Journal size in bytes above which `/health/ready` reports not ready.
     pub journal_max_bytes: u64,
+    /// How much the usage writer's thread raises its nice value, from 0 to 19.
+    pub writer_nice: i32,
 }
 
 impl Default for RawAccounting {
@@ -113,6 +115,7 @@ impl Default for RawAccounting {
             flush_interval_ms: 200,
             replay_interval_ms: 1000,
             journal_max_bytes: 1024 * 1024 * 1024,
+            writer_nice: 5,
         }
     }
 }

@@ -30,7 +30,7 @@ pub fn restart_only_changes(running: &RuntimeConfig, loaded: &RuntimeConfig) -> 
         changed.push("metrics.project_label");
     }
     let (a, b) = (&running.accounting, &loaded.accounting);
-    if (a.channel_capacity, a.batch_size, a.flush_interval, a.replay_interval) != (b.channel_capacity, b.batch_size, b.flush_interval, b.replay_interval) {
+    if (a.channel_capacity, a.batch_size, a.flush_interval, a.replay_interval, a.writer_nice) != (b.channel_capacity, b.batch_size, b.flush_interval, b.replay_interval, b.writer_nice) {
         changed.push("accounting");
     }
     if running.cache.restart_only_changes(&loaded.cache) {
@@ -55,6 +55,7 @@ pub fn merge_reloaded(running: &RuntimeConfig, loaded: &RuntimeConfig) -> Runtim
     merged.accounting.batch_size = running.accounting.batch_size;
     merged.accounting.flush_interval = running.accounting.flush_interval;
     merged.accounting.replay_interval = running.accounting.replay_interval;
+    merged.accounting.writer_nice = running.accounting.writer_nice;
     merged.cache = std::sync::Arc::new(running.cache.merge_reloaded(&loaded.cache));
     merged
 }

@@ -56,6 +56,7 @@ pub struct AccountingOptions {
     pub flush_interval: Duration,
     pub replay_interval: Duration,
     pub journal_max_bytes: u64,
+    pub writer_nice: i32,
 }
 
 #[derive(Clone, Debug)]

@@ -110,6 +110,11 @@ impl BackgroundService for AccountingService {
     async fn start(&self, shutdown: ShutdownWatch) {
         let Some(writer) = self.writer.lock().ok().and_then(|mut w| w.take()) else { return };
         let config = self.config.load_full();
+        // This service's runtime has one thread, and the writer inserts its rows on it.
+        match crate::accounting::priority::lower_current_thread(config.accounting.writer_nice) {
+            Ok(nice) => info!(nice, "usage writer thread priority set"),
+            Err(e) => warn!(error = %e, "failed to lower the usage writer's thread priority; it keeps the process's"),
+        }
         // The pool is created on this service's runtime, which lives as long as the server.
         let store = loop {
             match Store::connect(&config.database_url).await {
