@@ -14,7 +14,8 @@ use rustix::thread::gettid;
 const MAX_NICE: i32 = 19;
 
 /// Raises the calling thread's nice value by `increment`, up to 19, and returns the new value.
-/// Other threads of the process keep theirs. An increment of 0 changes nothing.
+/// The threads that exist keep theirs, and threads this one creates later inherit the new one
+/// (such as sqlx's SQLite worker threads). An increment of 0 changes nothing.
 pub fn lower_current_thread(increment: i32) -> io::Result<i32> {
     let thread = Some(gettid());
     let current = getpriority_process(thread)?;

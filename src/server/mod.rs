@@ -82,9 +82,10 @@ pub fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         pid_file: config.state_dir.join("watchllm.pid").display().to_string(),
         upgrade_sock: config.state_dir.join("upgrade.sock").display().to_string(),
         // Pingora lets in-flight requests run for the grace period after SIGTERM, then stops its
-        // runtimes. The accounting service ends the process earlier, once nothing is in flight
-        // and the usage events are written (see `AccountingService`).
-        grace_period_seconds: Some(config.shutdown_grace.as_secs() + 2),
+        // runtimes. The accounting service ends the process earlier, once nothing is in flight,
+        // the usage events are written and the alert deliveries have finished or had
+        // `ALERT_SETTLE_LIMIT` (see `AccountingService`).
+        grace_period_seconds: Some(config.shutdown_grace.as_secs() + 2 + services::ALERT_SETTLE_LIMIT.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };

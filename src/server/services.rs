@@ -40,8 +40,8 @@ pub struct AccountingService {
 }
 
 /// How long shutdown waits for alert deliveries after the last usage events are written.
-/// Pingora's own grace period (`shutdown_grace_seconds` + 2 s) can end the process sooner.
-const ALERT_SETTLE_LIMIT: Duration = Duration::from_secs(5);
+/// Pingora's grace period leaves room for it (see `run` in `server/mod.rs`).
+pub(super) const ALERT_SETTLE_LIMIT: Duration = Duration::from_secs(5);
 
 impl AccountingService {
     pub fn new(writer: UsageWriter, keys: SharedKeys, config: Arc<ArcSwap<RuntimeConfig>>, in_flight: Arc<AtomicUsize>, alerts: crate::alerts::AlertSink) -> Self {
