@@ -155,8 +155,8 @@ pub async fn run_dispatcher(receiver: AlertReceiver, store: Store, config: Arc<A
                 }
             }
         };
-        // NOTE: shutdown waits a few seconds for deliveries (see `AlertSink::settle`); an alert
-        // still undelivered after that, or when the process is killed, is not resumed by any node.
+        // NOTE: shutdown waits a few seconds for deliveries (see `AlertSink::settle`). No node
+        // resumes an alert still undelivered after that, or one cut off by a killed process.
         let delivery = deliver(client.clone(), store.clone(), settings, outgoing);
         tokio::spawn(async move {
             delivery.await;
@@ -287,10 +287,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn settle_waits_for_queued_and_delivering_alerts() {
+    async fn settle_waits_for_deliveries() {
         let (sink, AlertReceiver(mut queue)) = alert_channel();
         sink.raise(vec![candidate()]);
-        // A dispatcher stand-in: it takes the alert late, then "delivers" it for a while.
+        // In place of the dispatcher, this task takes the alert late and then holds its token.
         let dispatcher = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let (_alert, token) = queue.recv().await.expect("a queued alert");
@@ -305,11 +305,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn settle_gives_up_after_its_limit() {
+    async fn settle_stops_at_limit() {
         let (sink, mut receiver) = alert_channel();
         sink.raise(vec![candidate(), candidate()]);
         assert_eq!(sink.settle(Duration::from_millis(50)).await, 2);
-        // An alert raised during shutdown is counted too; taking it off the queue finishes it.
+        // An alert raised during shutdown is counted too, and taking it off the queue finishes it.
         sink.raise(vec![candidate()]);
         assert_eq!(sink.settle(Duration::from_millis(10)).await, 3);
         while receiver.try_recv().is_some() {}

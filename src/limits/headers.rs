@@ -133,10 +133,7 @@ mod tests {
         response.insert_header("Content-Type", "application/json").unwrap();
         response.insert_header("X-RateLimit-Limit-Requests", "5000").unwrap();
         response.reserve_headers(6);
-        let figures = Figures { requests: Some(Figure { limit: 60, remaining: 59, reset_s: 1 }), tokens: None };
-        for (name, value) in rate_limit_headers(&figures) {
-            response.insert_static_header(name, value);
-        }
+        insert_request_limits(&mut response);
 
         let lines = wire_lines(&response);
         assert_eq!(lines.len(), 4, "{lines:?}");
@@ -153,16 +150,21 @@ mod tests {
         response.insert_header("OpenAI-Processing-Ms", "12").unwrap();
         response.insert_header("X-RateLimit-Remaining-Requests", "4999").unwrap();
         response.forget_header_case();
-        let figures = Figures { requests: Some(Figure { limit: 60, remaining: 59, reset_s: 1 }), tokens: None };
-        for (name, value) in rate_limit_headers(&figures) {
-            response.insert_static_header(name, value);
-        }
+        insert_request_limits(&mut response);
 
         let lines = wire_lines(&response);
         assert_eq!(lines.len(), 5, "{lines:?}");
         assert!(lines.contains(&"Content-Type: application/json".to_string()), "{lines:?}");
         assert!(lines.contains(&"openai-processing-ms: 12".to_string()), "{lines:?}");
         assert_request_limits(&lines);
+    }
+
+    /// Inserts the headers of a 60-per-minute request limit with 59 left, as the gateway does.
+    fn insert_request_limits(response: &mut pingora::http::ResponseHeader) {
+        let figures = Figures { requests: Some(Figure { limit: 60, remaining: 59, reset_s: 1 }), tokens: None };
+        for (name, value) in rate_limit_headers(&figures) {
+            response.insert_static_header(name, value);
+        }
     }
 
     /// Returns the header lines of `response` as they go out on the wire.

@@ -74,8 +74,8 @@ impl BackgroundService for LimitsService {
                 }
             }
         };
-        // The dispatcher outlives this loop: alerts raised while the server drains are still
-        // delivered, and the accounting service waits for them before the process exits.
+        // The dispatcher outlives this loop, so alerts raised while the server drains are still
+        // delivered. The accounting service waits for them before the process exits.
         tokio::spawn(run_dispatcher(receiver, store.clone(), self.config.clone()));
 
         // Alerts already due from the rebuilt usage are raised now; the store drops repeats.

@@ -113,7 +113,7 @@ impl BackgroundService for AccountingService {
         // This service's runtime has one thread, and the writer inserts its rows on it.
         match crate::accounting::priority::lower_current_thread(config.accounting.writer_nice) {
             Ok(nice) => info!(nice, "usage writer thread priority set"),
-            Err(e) => warn!(error = %e, "failed to lower the usage writer's thread priority; it keeps the process's"),
+            Err(e) => warn!(error = %e, "failed to lower the usage writer's thread priority, so it keeps the process's priority"),
         }
         // The pool is created on this service's runtime, which lives as long as the server.
         let store = loop {
@@ -141,7 +141,7 @@ impl BackgroundService for AccountingService {
         refresher.abort();
         let unfinished = self.alerts.settle(ALERT_SETTLE_LIMIT).await;
         if unfinished > 0 {
-            warn!(unfinished, "shutdown: alerts still being delivered are cut and stay undelivered");
+            warn!(unfinished, "alerts still being delivered are cut at shutdown and stay undelivered");
         }
         store.close().await;
         info!("accounting stopped; usage events written, exiting");

@@ -127,7 +127,7 @@ def test_receiver_down_marks_alert_failed(gateway_factory) -> None:
         receiver.close()
 
 
-def test_shutdown_waits_for_a_delivery_in_flight(gateway_factory) -> None:
+def test_shutdown_waits_for_delivery(gateway_factory) -> None:
     # The receiver responds 1.5 s after it records the webhook, and SIGTERM arrives in between.
     receiver = WebhookReceiver(delay_s=1.5)
     try:

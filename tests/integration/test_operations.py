@@ -269,7 +269,8 @@ def thread_nice_values(pid: int) -> dict[str, list[int]]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             name = (task / "comm").read_text().strip()
-            # Field 19 of stat is the nice value; the name in field 2 may contain spaces.
+            # Field 19 of stat is the nice value. The name in field 2 may contain spaces, so the
+            # fields are split after its closing parenthesis.
             fields = (task / "stat").read_text().rpartition(")")[2].split()
         except OSError:
             continue  # the thread ended meanwhile
@@ -278,7 +279,7 @@ def thread_nice_values(pid: int) -> dict[str, list[int]]:
 
 
 @pytest.mark.parametrize("writer_nice", [5, 0])
-def test_usage_writer_thread_runs_at_lower_priority(gateway_factory, writer_nice: int) -> None:
+def test_writer_thread_lower_priority(gateway_factory, writer_nice: int) -> None:
     gateway = gateway_factory(config_overrides={"accounting": {"writer_nice": writer_nice}}, environment=ADMIN_ENV)
     assert gateway.process is not None
     base = wait_until(lambda: thread_nice_values(gateway.process.pid).get("watchllm proxy"), 5.0, "no proxy thread")[0]
