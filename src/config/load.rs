@@ -327,6 +327,14 @@ fn parse_provider(
         }
     }
 
+    let mut fixed_ips = Vec::with_capacity(raw.addresses.len());
+    for (index, text) in raw.addresses.iter().enumerate() {
+        match text.trim().parse::<IpAddr>() {
+            Ok(ip) => fixed_ips.push(ip),
+            Err(_) => problems.push(("addresses", format!("entry {index} ({text:?}) is not an IP address such as 203.0.113.7 or 2001:db8::7"))),
+        }
+    }
+
     let Some(url) = url.filter(|_| problems.is_empty()) else {
         return Err(problems);
     };
@@ -337,14 +345,20 @@ fn parse_provider(
     let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
     let bare_host = host.trim_matches(|c| c == '[' || c == ']');
     let sni = if raw.sni.is_empty() { bare_host.to_string() } else { raw.sni.clone() };
-    let address = bare_host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, port));
+    let addresses = match bare_host.parse::<IpAddr>() {
+        Ok(_) if !fixed_ips.is_empty() => {
+            return Err(vec![("addresses", format!("the host of base_url, {bare_host}, is already an IP address; remove addresses or use a host name"))]);
+        }
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => fixed_ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect(),
+    };
 
     Ok(Provider {
         name: name.to_string(),
         tls,
         host,
         port,
-        address,
+        addresses,
         base_path: url.path().trim_end_matches('/').to_string(),
         sni,
         api_key,
@@ -494,15 +508,45 @@ mod tests {
     fn ip_provider_address_parsed_once() {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
-            ("http://10.1.2.3:8000/v1", Some("10.1.2.3:8000")),
-            ("https://[2001:db8::1]/v1", Some("[2001:db8::1]:443")),
-            ("https://api.example/v1", None),
+            ("http://10.1.2.3:8000/v1", vec!["10.1.2.3:8000"]),
+            ("https://[2001:db8::1]/v1", vec!["[2001:db8::1]:443"]),
+            ("https://api.example/v1", vec![]),
         ];
         for (base_url, expected) in cases {
             let path = write(dir.path(), &format!("providers:\n  p:\n    base_url: {base_url}\nmodels:\n  small:\n    provider: p\n"), PRICING);
             let runtime = load_config_with_env(&path, &HashMap::new()).unwrap().runtime;
-            let address = runtime.route("small").unwrap().provider.address;
-            assert_eq!(address, expected.map(|text| text.parse().unwrap()), "{base_url}");
+            let addresses = runtime.route("small").unwrap().provider.addresses.clone();
+            let expected: Vec<SocketAddr> = expected.iter().map(|text| text.parse().unwrap()).collect();
+            assert_eq!(addresses, expected, "{base_url}");
+        }
+    }
+
+    #[test]
+    fn fixed_provider_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = "providers:\n  p:\n    base_url: https://api.example/v1\n    addresses: [203.0.113.7, \"2001:db8::7\"]\nmodels:\n  small:\n    provider: p\n";
+        let path = write(dir.path(), yaml, PRICING);
+        let runtime = load_config_with_env(&path, &HashMap::new()).unwrap().runtime;
+        let provider = &runtime.route("small").unwrap().provider;
+        let expected: Vec<SocketAddr> = vec!["203.0.113.7:443".parse().unwrap(), "[2001:db8::7]:443".parse().unwrap()];
+        assert_eq!(provider.addresses, expected);
+        assert_eq!(provider.sni, "api.example");
+    }
+
+    #[test]
+    fn invalid_provider_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("https://api.example/v1", "[203.0.113.7, api.example]", "entry 1 (\"api.example\") is not an IP address"),
+            ("http://10.1.2.3:8000/v1", "[203.0.113.7]", "already an IP address"),
+        ];
+        for (base_url, addresses, expected) in cases {
+            let yaml = format!("providers:\n  p:\n    base_url: {base_url}\n    addresses: {addresses}\nmodels:\n  small:\n    provider: p\n");
+            let path = write(dir.path(), &yaml, PRICING);
+            let err = load_config_with_env(&path, &HashMap::new()).unwrap_err();
+            let problem = err.problems.iter().find(|p| p.path == "providers.p.addresses");
+            let message = problem.map(|p| p.message.as_str()).unwrap_or_default();
+            assert!(message.contains(expected), "{base_url} {addresses}: {:?}", err.problems);
         }
     }
 }

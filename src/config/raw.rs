@@ -171,6 +171,8 @@ pub struct RawProvider {
     pub write_timeout_ms: u64,
     /// Host name sent in TLS SNI and the Host header; empty means the host of `base_url`.
     pub sni: String,
+    /// IP addresses to connect to instead of looking up the host of `base_url`.
+    pub addresses: Vec<String>,
 }
 
 impl Default for RawProvider {
@@ -182,6 +184,7 @@ impl Default for RawProvider {
             read_timeout_ms: 120_000,
             write_timeout_ms: 30_000,
             sni: String::new(),
+            addresses: Vec::new(),
         }
     }
 }

@@ -27,9 +27,9 @@ pub struct Provider {
     pub tls: bool,
     pub host: String,
     pub port: u16,
-    /// The socket address when `host` is an IP address. A host name has none, and
-    /// `routing::resolve` looks it up and keeps the result.
-    pub address: Option<SocketAddr>,
+    /// The fixed socket addresses: the one of an IP address `host`, or the configured
+    /// `addresses`. Empty for a host name that `routing::resolve` looks up.
+    pub addresses: Vec<SocketAddr>,
     /// Path prefix from the base URL without a trailing slash, such as `/v1` or `/api/v1`.
     pub base_path: String,
     /// Host name for TLS SNI and the Host header.

@@ -7,6 +7,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
+use pingora::upstreams::peer::Peer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use tracing::{debug, info, warn};
@@ -254,9 +255,10 @@ impl ProxyHttp for Gateway {
         crate::routing::select::next_peer(&self.routing, ctx).await
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(&self, _session: &mut Session, peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
         if let Some(config) = ctx.config.clone() {
-            crate::routing::select::on_connect_failure(&self.routing, &config, ctx, &mut e);
+            let address = peer.address().as_inet().copied();
+            crate::routing::select::on_connect_failure(&self.routing, &config, ctx, &mut e, address);
         }
         e
     }

@@ -110,7 +110,7 @@ pub(crate) mod tests {
             tls: false,
             host: "127.0.0.1".into(),
             port: 1,
-            address: Some(([127, 0, 0, 1], 1).into()),
+            addresses: vec![([127, 0, 0, 1], 1).into()],
             base_path: "/v1".into(),
             sni: "127.0.0.1".into(),
             api_key: None,

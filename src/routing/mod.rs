@@ -110,7 +110,7 @@ mod tests {
             tls,
             host: "api.example".into(),
             port,
-            address: None,
+            addresses: vec![],
             base_path: "/api/v1".into(),
             sni: "api.example".into(),
             api_key: None,

@@ -1,17 +1,22 @@
-//! Provider addresses. A provider given by IP address needs no lookup. A host name is resolved
-//! with the system resolver (`getaddrinfo`, on tokio's blocking pool) and kept for [`TTL`].
+//! Provider addresses. A provider given by IP address, or with fixed `addresses` in its config,
+//! needs no lookup. A host name is resolved with the system resolver (`getaddrinfo`, on tokio's
+//! blocking pool) and its addresses are kept for [`TTL`].
 //!
-//! A request waits for a lookup only when its host was never resolved. Once an address expires,
-//! requests keep using it while one background lookup refreshes it, and a failed refresh keeps
-//! the old address, so a resolver outage does not fail requests to a provider that was reached
+//! A request waits for a lookup only when its host was never resolved. Once the addresses expire,
+//! requests keep using them while one background lookup refreshes them, and a failed refresh keeps
+//! the old ones, so a resolver outage does not fail requests to a provider that was reached
 //! before.
+//!
+//! A host with several addresses gets its requests in turn (round robin). An address that refused
+//! or timed out a connection is skipped for [`ADDRESS_COOLDOWN`], unless every address of the
+//! host is skipped, and a request whose connection failed may try the next address.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -19,17 +24,52 @@ use tracing::warn;
 
 use crate::config::Provider;
 
-/// How long a resolved address is used before a background lookup refreshes it. The system
+/// How long resolved addresses are used before a background lookup refreshes them. The system
 /// resolver does not report the record's own TTL.
 pub const TTL: Duration = Duration::from_secs(60);
 
+/// How long an address whose connection failed is skipped while its host has others.
+pub const ADDRESS_COOLDOWN: Duration = Duration::from_secs(30);
+
+/// Maximum number of a provider's addresses that a request or a health probe tries before it
+/// gives up on the provider. Each failed try may wait the whole connect timeout.
+pub const MAX_ADDRESSES_TRIED: usize = 3;
+
 type LookupFuture = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>>;
 type Lookup = dyn Fn(String, u16) -> LookupFuture + Send + Sync;
+type HostPort = (String, u16);
 
+/// The addresses of one host and port, with the round-robin position and the failure marks.
 struct Entry {
-    address: SocketAddr,
-    resolved_at: Instant,
+    addresses: Vec<SocketAddr>,
+    /// Per address, the time until which it is skipped, in milliseconds since the resolver's
+    /// `epoch`. 0 when it is not skipped.
+    skipped_until_ms: Vec<AtomicU64>,
+    next: AtomicUsize,
+    /// `None` for fixed addresses, which never expire.
+    resolved_at: Option<Instant>,
     refreshing: AtomicBool,
+}
+
+impl Entry {
+    fn new(addresses: Vec<SocketAddr>, resolved_at: Option<Instant>) -> Self {
+        let skipped_until_ms = addresses.iter().map(|_| AtomicU64::new(0)).collect();
+        Entry { addresses, skipped_until_ms, next: AtomicUsize::new(0), resolved_at, refreshing: AtomicBool::new(false) }
+    }
+
+    /// Returns the next address in turn that is not skipped at `now_ms`, or the next one in turn
+    /// when all are skipped.
+    fn pick(&self, now_ms: u64) -> SocketAddr {
+        let count = self.addresses.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let usable = (0..count).map(|offset| (start + offset) % count).find(|&i| self.skipped_until_ms[i].load(Ordering::Relaxed) <= now_ms);
+        self.addresses[usable.unwrap_or(start % count)]
+    }
+
+    /// Counts the addresses that are not skipped at `now_ms`.
+    fn usable(&self, now_ms: u64) -> usize {
+        self.skipped_until_ms.iter().filter(|until| until.load(Ordering::Relaxed) <= now_ms).count()
+    }
 }
 
 /// Resolved provider addresses by host and port, shared by requests and health probes.
@@ -37,7 +77,8 @@ struct Entry {
 pub struct Resolver {
     ttl: Duration,
     lookup: Arc<Lookup>,
-    entries: Arc<RwLock<HashMap<(String, u16), Arc<Entry>>>>,
+    epoch: Instant,
+    entries: Arc<RwLock<HashMap<HostPort, Arc<Entry>>>>,
 }
 
 impl Default for Resolver {
@@ -49,41 +90,96 @@ impl Default for Resolver {
 impl Resolver {
     /// Creates a resolver that calls `lookup` for host names, such as the system resolver.
     pub fn new(ttl: Duration, lookup: impl Fn(String, u16) -> LookupFuture + Send + Sync + 'static) -> Self {
-        Resolver { ttl, lookup: Arc::new(lookup), entries: Arc::default() }
+        Resolver { ttl, lookup: Arc::new(lookup), epoch: Instant::now(), entries: Arc::default() }
     }
 
-    /// Returns the address to connect to for `provider`.
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Returns the address to connect to for `provider`: its only address, or the next of its
+    /// addresses in turn.
     pub async fn address(&self, provider: &Provider) -> io::Result<SocketAddr> {
-        if let Some(address) = provider.address {
+        if let [address] = provider.addresses[..] {
             return Ok(address);
         }
-        let key = (provider.host.clone(), provider.port);
-        let cached = self.entries.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&key).cloned();
-        let Some(entry) = cached else {
-            return self.resolve(key).await;
+        let entry = match self.cached(provider) {
+            Some(entry) => entry,
+            None if provider.addresses.is_empty() => self.resolve(key(provider)).await?,
+            None => self.store(key(provider), Entry::new(provider.addresses.clone(), None)),
         };
-        if entry.resolved_at.elapsed() >= self.ttl && !entry.refreshing.swap(true, Ordering::AcqRel) {
-            let (resolver, expired) = (self.clone(), entry.clone());
+        if entry.resolved_at.is_some_and(|at| at.elapsed() >= self.ttl) && !entry.refreshing.swap(true, Ordering::AcqRel) {
+            let (resolver, expired, key) = (self.clone(), entry.clone(), key(provider));
             tokio::spawn(async move {
                 if let Err(error) = resolver.resolve(key.clone()).await {
                     expired.refreshing.store(false, Ordering::Release);
-                    warn!(host = %key.0, port = key.1, error = %error, "failed to refresh a provider's address; the last one stays in use");
+                    warn!(host = %key.0, port = key.1, error = %error, "failed to refresh a provider's addresses, so the last ones stay in use");
                 }
             });
         }
-        Ok(entry.address)
+        Ok(entry.pick(self.now_ms()))
     }
 
-    /// Looks `key` up now and stores the first address found.
-    async fn resolve(&self, key: (String, u16)) -> io::Result<SocketAddr> {
-        let addresses = (self.lookup)(key.0.clone(), key.1).await?;
-        let Some(&address) = addresses.first() else {
-            return Err(io::Error::new(io::ErrorKind::NotFound, format!("no address found for {}", key.0)));
-        };
-        let entry = Arc::new(Entry { address, resolved_at: Instant::now(), refreshing: AtomicBool::new(false) });
-        self.entries.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(key, entry);
-        Ok(address)
+    /// Skips `address` of `provider` for [`ADDRESS_COOLDOWN`] after a failed connection, and
+    /// returns how many of the provider's addresses are left to try. A provider with one address
+    /// keeps it.
+    pub fn connect_failed(&self, provider: &Provider, address: SocketAddr) -> usize {
+        let Some(entry) = self.cached(provider) else { return 0 };
+        let now_ms = self.now_ms();
+        if let Some(index) = entry.addresses.iter().position(|a| *a == address) {
+            let until = now_ms + ADDRESS_COOLDOWN.as_millis() as u64;
+            entry.skipped_until_ms[index].store(until, Ordering::Relaxed);
+            warn!(provider = %provider.name, %address, "skipping a provider address after a failed connection");
+        }
+        entry.usable(now_ms)
     }
+
+    /// Returns how many addresses `provider` has, as far as they are known.
+    pub fn address_count(&self, provider: &Provider) -> usize {
+        match provider.addresses.len() {
+            0 => self.cached(provider).map_or(0, |entry| entry.addresses.len()),
+            count => count,
+        }
+    }
+
+    /// Returns the stored entry of `provider`, or `None` when it has no usable entry yet. Fixed
+    /// addresses that a reload changed count as no entry.
+    fn cached(&self, provider: &Provider) -> Option<Arc<Entry>> {
+        let entries = self.entries.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entry = entries.get(&key(provider))?;
+        let fixed_changed = !provider.addresses.is_empty() && entry.addresses != provider.addresses;
+        (!fixed_changed).then(|| entry.clone())
+    }
+
+    fn store(&self, key: HostPort, entry: Entry) -> Arc<Entry> {
+        let entry = Arc::new(entry);
+        self.entries.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(key, entry.clone());
+        entry
+    }
+
+    /// Looks `key` up now and stores the addresses found. An address that was skipped before
+    /// stays skipped until its mark ends.
+    async fn resolve(&self, key: HostPort) -> io::Result<Arc<Entry>> {
+        let addresses = (self.lookup)(key.0.clone(), key.1).await?;
+        if addresses.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("no address found for {}", key.0)));
+        }
+        let entry = Entry::new(addresses, Some(Instant::now()));
+        let previous = self.entries.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&key).cloned();
+        if let Some(previous) = previous {
+            for (index, address) in entry.addresses.iter().enumerate() {
+                if let Some(old) = previous.addresses.iter().position(|a| a == address) {
+                    let until = previous.skipped_until_ms[old].load(Ordering::Relaxed);
+                    entry.skipped_until_ms[index].store(until, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(self.store(key, entry))
+    }
+}
+
+fn key(provider: &Provider) -> HostPort {
+    (provider.host.clone(), provider.port)
 }
 
 #[cfg(test)]
@@ -93,13 +189,13 @@ mod tests {
 
     use super::*;
 
-    fn provider(host: &str, address: Option<SocketAddr>) -> Provider {
+    fn provider(host: &str, addresses: Vec<SocketAddr>) -> Provider {
         Provider {
             name: "p".into(),
             tls: false,
             host: host.into(),
             port: 8000,
-            address,
+            addresses,
             base_path: "/v1".into(),
             sni: host.into(),
             api_key: None,
@@ -110,14 +206,14 @@ mod tests {
     }
 
     /// A resolver whose lookups return the next of `answers` and are counted.
-    fn scripted(ttl: Duration, answers: Vec<io::Result<SocketAddr>>) -> (Resolver, Arc<AtomicUsize>) {
+    fn scripted(ttl: Duration, answers: Vec<io::Result<Vec<SocketAddr>>>) -> (Resolver, Arc<AtomicUsize>) {
         let calls = Arc::new(AtomicUsize::new(0));
         let answers = Arc::new(Mutex::new(answers.into_iter()));
         let counted = calls.clone();
         let resolver = Resolver::new(ttl, move |_, _| {
             counted.fetch_add(1, Ordering::SeqCst);
             let answer = answers.lock().unwrap().next().expect("no lookup left in the script");
-            Box::pin(async move { answer.map(|address| vec![address]) })
+            Box::pin(async move { answer })
         });
         (resolver, calls)
     }
@@ -140,15 +236,15 @@ mod tests {
     #[tokio::test]
     async fn ip_address_needs_no_lookup() {
         let (resolver, calls) = scripted(TTL, vec![]);
-        let found = resolver.address(&provider("10.0.0.1", Some(address("10.0.0.1:8000")))).await.unwrap();
+        let found = resolver.address(&provider("10.0.0.1", vec![address("10.0.0.1:8000")])).await.unwrap();
         assert_eq!(found, address("10.0.0.1:8000"));
         assert_eq!(calls.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
     async fn host_resolved_once_within_ttl() {
-        let (resolver, calls) = scripted(TTL, vec![Ok(address("10.0.0.2:8000"))]);
-        let api = provider("api.example", None);
+        let (resolver, calls) = scripted(TTL, vec![Ok(vec![address("10.0.0.2:8000")])]);
+        let api = provider("api.example", vec![]);
         assert_eq!(resolver.address(&api).await.unwrap(), address("10.0.0.2:8000"));
         assert_eq!(resolver.address(&api).await.unwrap(), address("10.0.0.2:8000"));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -156,29 +252,29 @@ mod tests {
 
     #[tokio::test]
     async fn expired_address_served_while_refreshed() {
-        let (resolver, calls) = scripted(Duration::ZERO, vec![Ok(address("10.0.0.3:8000")), Ok(address("10.0.0.4:8000"))]);
-        let api = provider("api.example", None);
+        let (resolver, calls) = scripted(Duration::ZERO, vec![Ok(vec![address("10.0.0.3:8000")]), Ok(vec![address("10.0.0.4:8000")])]);
+        let api = provider("api.example", vec![]);
         assert_eq!(resolver.address(&api).await.unwrap(), address("10.0.0.3:8000"));
         // Expired at once: this request gets the old address and starts one refresh.
         assert_eq!(resolver.address(&api).await.unwrap(), address("10.0.0.3:8000"));
         wait_for_lookups(&calls, 2).await;
         assert_eq!(calls.load(Ordering::SeqCst), 2);
-        let refreshed = resolver.entries.read().unwrap().get(&("api.example".to_string(), 8000)).map(|e| e.address);
-        assert_eq!(refreshed, Some(address("10.0.0.4:8000")));
+        let refreshed = resolver.entries.read().unwrap().get(&("api.example".to_string(), 8000)).map(|e| e.addresses.clone());
+        assert_eq!(refreshed, Some(vec![address("10.0.0.4:8000")]));
     }
 
     #[tokio::test]
     async fn failed_refresh_keeps_last_address() {
         let failure = io::Error::other("resolver down");
-        let (resolver, calls) = scripted(Duration::ZERO, vec![Ok(address("10.0.0.5:8000")), Err(failure)]);
-        let api = provider("api.example", None);
+        let (resolver, calls) = scripted(Duration::ZERO, vec![Ok(vec![address("10.0.0.5:8000")]), Err(failure)]);
+        let api = provider("api.example", vec![]);
         assert_eq!(resolver.address(&api).await.unwrap(), address("10.0.0.5:8000"));
         assert_eq!(resolver.address(&api).await.unwrap(), address("10.0.0.5:8000"));
         wait_for_lookups(&calls, 2).await;
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         let entries = resolver.entries.read().unwrap();
         let entry = entries.get(&("api.example".to_string(), 8000)).unwrap();
-        assert_eq!(entry.address, address("10.0.0.5:8000"));
+        assert_eq!(entry.addresses, [address("10.0.0.5:8000")]);
         assert!(!entry.refreshing.load(Ordering::SeqCst), "a later request must be able to try again");
     }
 
@@ -186,14 +282,96 @@ mod tests {
     async fn unknown_host_is_an_error() {
         let failure = io::Error::new(io::ErrorKind::NotFound, "no such host");
         let (resolver, _) = scripted(TTL, vec![Err(failure)]);
-        let error = resolver.address(&provider("provider.invalid", None)).await.unwrap_err();
+        let error = resolver.address(&provider("provider.invalid", vec![])).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::NotFound);
     }
 
     #[tokio::test]
     async fn system_resolver_finds_localhost() {
-        let found = Resolver::default().address(&provider("localhost", None)).await.unwrap();
+        let found = Resolver::default().address(&provider("localhost", vec![])).await.unwrap();
         assert!(found.ip().is_loopback(), "{found}");
         assert_eq!(found.port(), 8000);
+    }
+
+    fn picks(resolver: &Resolver, provider: &Provider, count: usize) -> Vec<SocketAddr> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        (0..count).map(|_| runtime.block_on(resolver.address(provider)).unwrap()).collect()
+    }
+
+    #[test]
+    fn several_addresses_take_turns() {
+        let (a, b) = (address("10.0.0.6:8000"), address("10.0.0.7:8000"));
+        let (resolver, calls) = scripted(TTL, vec![Ok(vec![a, b])]);
+        let api = provider("api.example", vec![]);
+        assert_eq!(picks(&resolver, &api, 4), [a, b, a, b]);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(resolver.address_count(&api), 2);
+    }
+
+    #[test]
+    fn failed_address_skipped() {
+        let (a, b, c) = (address("10.0.0.8:8000"), address("10.0.0.9:8000"), address("10.0.0.10:8000"));
+        let (resolver, _) = scripted(TTL, vec![Ok(vec![a, b, c])]);
+        let api = provider("api.example", vec![]);
+        assert_eq!(picks(&resolver, &api, 1), [a]);
+        assert_eq!(resolver.connect_failed(&api, b), 2);
+        assert_eq!(picks(&resolver, &api, 4), [c, c, a, c]);
+    }
+
+    #[test]
+    fn all_failed_still_take_turns() {
+        let (a, b) = (address("10.0.0.11:8000"), address("10.0.0.12:8000"));
+        let (resolver, _) = scripted(TTL, vec![Ok(vec![a, b])]);
+        let api = provider("api.example", vec![]);
+        assert_eq!(picks(&resolver, &api, 1), [a]);
+        assert_eq!(resolver.connect_failed(&api, a), 1);
+        assert_eq!(resolver.connect_failed(&api, b), 0);
+        assert_eq!(picks(&resolver, &api, 3), [b, a, b]);
+    }
+
+    #[test]
+    fn single_address_never_skipped() {
+        let only = address("10.0.0.13:8000");
+        let (resolver, _) = scripted(TTL, vec![]);
+        let api = provider("10.0.0.13", vec![only]);
+        assert_eq!(resolver.connect_failed(&api, only), 0);
+        assert_eq!(picks(&resolver, &api, 2), [only, only]);
+        assert_eq!(resolver.address_count(&api), 1);
+    }
+
+    #[test]
+    fn fixed_addresses_need_no_lookup() {
+        let (a, b) = (address("10.0.0.14:8000"), address("10.0.0.15:8000"));
+        let (resolver, calls) = scripted(TTL, vec![]);
+        let api = provider("api.example", vec![a, b]);
+        assert_eq!(picks(&resolver, &api, 3), [a, b, a]);
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        assert_eq!(resolver.connect_failed(&api, a), 1);
+        assert_eq!(picks(&resolver, &api, 2), [b, b]);
+    }
+
+    #[test]
+    fn changed_fixed_addresses_replace_old() {
+        let (a, b, c) = (address("10.0.0.16:8000"), address("10.0.0.17:8000"), address("10.0.0.18:8000"));
+        let (resolver, _) = scripted(TTL, vec![]);
+        assert_eq!(picks(&resolver, &provider("api.example", vec![a, b]), 1), [a]);
+        // A reload gave the same host other addresses.
+        assert_eq!(picks(&resolver, &provider("api.example", vec![c, b]), 2), [c, b]);
+    }
+
+    #[tokio::test]
+    async fn refresh_keeps_skip_marks() {
+        let (a, b, c) = (address("10.0.0.19:8000"), address("10.0.0.20:8000"), address("10.0.0.21:8000"));
+        let (resolver, calls) = scripted(Duration::ZERO, vec![Ok(vec![a, b]), Ok(vec![b, a, c])]);
+        let api = provider("api.example", vec![]);
+        assert_eq!(resolver.address(&api).await.unwrap(), a);
+        assert_eq!(resolver.connect_failed(&api, a), 1);
+        // Expired at once: this request starts the refresh.
+        resolver.address(&api).await.unwrap();
+        wait_for_lookups(&calls, 2).await;
+        let entries = resolver.entries.read().unwrap();
+        let entry = entries.get(&("api.example".to_string(), 8000)).unwrap();
+        assert_eq!(entry.addresses, [b, a, c]);
+        assert_eq!(entry.usable(resolver.now_ms()), 2, "a stays skipped after the refresh");
     }
 }

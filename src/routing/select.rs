@@ -4,6 +4,7 @@
 //! The proxy hooks call these functions; Pingora's retry loop re-enters `upstream_peer` when an
 //! error is marked retryable, and [`next_peer`] then moves to the next candidate.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,7 +17,7 @@ use tracing::{error, warn};
 
 use super::experiments::{Experiment, VARIANT_HEADER};
 use super::health::{parse_retry_after, HealthRegistry, Observed};
-use super::resolve::Resolver;
+use super::resolve::{Resolver, MAX_ADDRESSES_TRIED};
 use super::{build_peer, Endpoint};
 use crate::config::runtime::SecretKey;
 use crate::config::{ModelRoute, Provider, RuntimeConfig};
@@ -51,6 +52,10 @@ pub struct RoutePlan {
     /// Index of the current candidate; meaningful once `started` is set.
     pub attempt: usize,
     pub started: bool,
+    /// Connections tried to the current candidate, one per address.
+    addresses_tried: usize,
+    /// Set when the next attempt goes to another address of the current candidate.
+    retry_address: bool,
     pub variant: Option<String>,
     /// `byok` or `global`, for the current attempt.
     pub key_source: &'static str,
@@ -119,6 +124,8 @@ pub fn plan_request(
         candidates,
         attempt: 0,
         started: false,
+        addresses_tried: 0,
+        retry_address: false,
         variant,
         key_source: "global",
         provider_key: None,
@@ -180,15 +187,18 @@ fn provider_key_error(provider: &str) -> GatewayError {
     }
 }
 
-/// Moves to the next candidate (on a retry), resolves the key to send, and builds the peer.
+/// Moves to the next candidate or to another address of the current one (on a retry), resolves
+/// the key to send, and builds the peer.
 pub async fn next_peer(routing: &Routing, ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
     let Some(plan) = ctx.plan.as_mut() else {
         return Err(Error::explain(ErrorType::InternalError, "upstream_peer reached without a routing plan"));
     };
-    if plan.started {
+    if plan.started && !std::mem::take(&mut plan.retry_address) {
         plan.attempt += 1;
+        plan.addresses_tried = 0;
     }
     plan.started = true;
+    plan.addresses_tried += 1;
     plan.failover_status = None;
     let Some(candidate) = plan.candidates.get(plan.attempt).cloned() else {
         return Err(Error::explain(ErrorType::InternalError, "no provider left to try"));
@@ -294,12 +304,21 @@ pub fn on_response(routing: &Routing, config: &RuntimeConfig, upstream: &mut Res
     Ok(())
 }
 
-/// Decides whether a failed connection may go to the next provider, and counts the failure.
-/// Nothing reached the provider, so it cannot have acted on the request.
-pub fn on_connect_failure(routing: &Routing, config: &RuntimeConfig, ctx: &mut RequestCtx, error: &mut Error) {
-    let Some(plan) = ctx.plan.as_ref() else { return };
-    let Some(provider) = plan.current_provider() else { return };
-    routing.health.record_failure(&provider.name, &config.routing.health, Observed::Request, &error.etype().as_str().to_string());
+/// Decides whether a failed connection to `address` may go to another address of the same
+/// provider or to the next provider, and counts the failure. Nothing reached the provider, so it
+/// cannot have acted on the request.
+pub fn on_connect_failure(routing: &Routing, config: &RuntimeConfig, ctx: &mut RequestCtx, error: &mut Error, address: Option<SocketAddr>) {
+    let Some(plan) = ctx.plan.as_mut() else { return };
+    let Some(provider) = plan.candidates.get(plan.attempt).map(|c| c.provider.clone()) else { return };
+    let usable = address.map_or(0, |address| routing.resolver.connect_failed(&provider, address));
+    let known = routing.resolver.address_count(&provider).min(MAX_ADDRESSES_TRIED);
+    if usable > 0 && plan.addresses_tried < known {
+        warn!(request_id = %ctx.id, provider = %provider.name, error = %error.etype().as_str(), "connection to a provider address failed, retrying at another address");
+        plan.retry_address = true;
+        error.set_retry(true);
+        return;
+    }
+    routing.health.record_failure(&provider.name, &config.routing.health, Observed::Request, error.etype().as_str());
     if plan.has_next() {
         warn!(request_id = %ctx.id, provider = %provider.name, error = %error.etype().as_str(), "failed to connect to the upstream; trying the next provider");
         error.set_retry(true);

@@ -1,6 +1,7 @@
 //! The routing background service: health probes of every provider, and the refresh of the
 //! provider-key records from the store.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use tracing::{info, warn};
 
 use super::health::{redact_url, Observed};
 use super::select::Routing;
-use super::resolve::Resolver;
+use super::resolve::{Resolver, MAX_ADDRESSES_TRIED};
 use super::{build_peer, upstream_host};
 use crate::config::{Provider, RuntimeConfig};
 use crate::keys::{MasterSecret, MasterSecretSource, RecordSnapshot, Vault};
@@ -40,33 +41,57 @@ pub fn probe_url(provider: &Provider, path: &str) -> String {
 
 /// Sends one probe: `GET {base_url}{path}` with the provider's global key. A status below 500
 /// other than 429 counts as up, because an authentication or not-found response still shows a live server.
+/// A failed connection moves on to another of the provider's addresses, within `timeout` for all.
 async fn probe(connector: &Connector, resolver: &Resolver, provider: &Provider, path: &str, timeout: Duration) -> Result<u16, String> {
-    let attempt = async {
-        let address = resolver.address(provider).await.map_err(|e| format!("address lookup failed: {e}"))?;
-        let mut peer = build_peer(provider, address);
-        peer.options.read_timeout = Some(timeout);
-        peer.options.write_timeout = Some(timeout);
-        peer.options.connection_timeout = Some(timeout);
-        peer.options.total_connection_timeout = Some(timeout);
-        let (mut session, _reused) = connector.get_http_session(&peer).await.map_err(|e| e.etype().as_str().to_string())?;
-        let full_path = format!("{}{}", provider.base_path, path);
-        let mut request = RequestHeader::build("GET", full_path.as_bytes(), None).map_err(|e| e.to_string())?;
-        request.insert_header("host", upstream_host(provider)).map_err(|e| e.to_string())?;
-        request.insert_header("user-agent", concat!("watchllm-health/", env!("CARGO_PKG_VERSION"))).map_err(|e| e.to_string())?;
-        if let Some(key) = &provider.api_key {
-            request.insert_header("authorization", format!("Bearer {}", key.0)).map_err(|_| "invalid provider key header".to_string())?;
+    let attempts = async {
+        let mut tried = 0;
+        loop {
+            let address = resolver.address(provider).await.map_err(|e| format!("address lookup failed: {e}"))?;
+            tried += 1;
+            match probe_address(connector, provider, address, path, timeout).await {
+                Err(ProbeFailure::Connect(message)) => {
+                    let usable = resolver.connect_failed(provider, address);
+                    if usable == 0 || tried >= resolver.address_count(provider).min(MAX_ADDRESSES_TRIED) {
+                        return Err(message);
+                    }
+                }
+                Err(ProbeFailure::Exchange(message)) => return Err(message),
+                Ok(status) => return Ok(status),
+            }
         }
-        session.write_request_header(Box::new(request)).await.map_err(|e| e.etype().as_str().to_string())?;
-        session.finish_request_body().await.map_err(|e| e.etype().as_str().to_string())?;
-        session.read_response_header().await.map_err(|e| e.etype().as_str().to_string())?;
-        let status = session.response_header().map(|h| h.status.as_u16()).unwrap_or(0);
-        session.shutdown().await;
-        Ok(status)
     };
-    match tokio::time::timeout(timeout, attempt).await {
+    match tokio::time::timeout(timeout, attempts).await {
         Ok(result) => result,
         Err(_) => Err(format!("timed out after {} ms", timeout.as_millis())),
     }
+}
+
+/// Why a probe of one address failed: no connection, or an error after connecting.
+enum ProbeFailure {
+    Connect(String),
+    Exchange(String),
+}
+
+async fn probe_address(connector: &Connector, provider: &Provider, address: SocketAddr, path: &str, timeout: Duration) -> Result<u16, ProbeFailure> {
+    let mut peer = build_peer(provider, address);
+    peer.options.read_timeout = Some(timeout);
+    peer.options.write_timeout = Some(timeout);
+    peer.options.connection_timeout = Some(timeout);
+    peer.options.total_connection_timeout = Some(timeout);
+    let (mut session, _reused) = connector.get_http_session(&peer).await.map_err(|e| ProbeFailure::Connect(e.etype().as_str().to_string()))?;
+    let full_path = format!("{}{}", provider.base_path, path);
+    let mut request = RequestHeader::build("GET", full_path.as_bytes(), None).map_err(|e| ProbeFailure::Exchange(e.to_string()))?;
+    request.insert_header("host", upstream_host(provider)).map_err(|e| ProbeFailure::Exchange(e.to_string()))?;
+    request.insert_header("user-agent", concat!("watchllm-health/", env!("CARGO_PKG_VERSION"))).map_err(|e| ProbeFailure::Exchange(e.to_string()))?;
+    if let Some(key) = &provider.api_key {
+        request.insert_header("authorization", format!("Bearer {}", key.0)).map_err(|_| ProbeFailure::Exchange("invalid provider key header".to_string()))?;
+    }
+    session.write_request_header(Box::new(request)).await.map_err(|e| ProbeFailure::Exchange(e.etype().as_str().to_string()))?;
+    session.finish_request_body().await.map_err(|e| ProbeFailure::Exchange(e.etype().as_str().to_string()))?;
+    session.read_response_header().await.map_err(|e| ProbeFailure::Exchange(e.etype().as_str().to_string()))?;
+    let status = session.response_header().map(|h| h.status.as_u16()).unwrap_or(0);
+    session.shutdown().await;
+    Ok(status)
 }
 
 /// Probes every configured provider once, concurrently.

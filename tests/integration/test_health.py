@@ -137,6 +137,50 @@ def test_provider_by_host_name(gateway_factory, primary_mock: MockUpstreamOnPort
         assert served_by(gateway, primary_mock) == "primary"
 
 
+def test_dead_address_skipped(gateway_factory, primary_mock: MockUpstreamOnPort) -> None:
+    # Nothing listens on 127.0.0.2, so its connection is refused and the request tries 127.0.0.1.
+    by_name = primary_mock.url.replace("127.0.0.1", "provider.test")
+    config = routed_config(by_name)
+    config["providers"]["primary"]["addresses"] = ["127.0.0.2", "127.0.0.1"]
+    config["models"]["gpt-4o-mini"]["fallbacks"] = []
+    gateway = gateway_factory(config_overrides=config, environment=ENVIRONMENT)
+    for _ in range(4):
+        assert served_by(gateway, primary_mock) == "primary"
+    log = gateway.stderr_text()
+    assert log.count("retrying at another address") == 1, "later requests must skip the refused address"
+    assert log.count("skipping a provider address") == 1
+    assert "127.0.0.2" in log
+    assert provider_status(gateway, "primary") == "healthy"
+
+
+def test_probe_skips_dead_address(gateway_factory, primary_mock: MockUpstreamOnPort) -> None:
+    health = {"enabled": True, "interval_ms": 200, "timeout_ms": 500, "unhealthy_after": 1, "healthy_after": 1}
+    config = routed_config(primary_mock.url.replace("127.0.0.1", "provider.test"), health)
+    config["providers"]["primary"]["addresses"] = ["127.0.0.2", "127.0.0.1"]
+    gateway = gateway_factory(config_overrides=config, environment=ENVIRONMENT)
+    wait_until(lambda: provider_status(gateway, "primary") == "healthy", 5.0, "primary never reported healthy")
+    statuses = []
+    for _ in range(6):
+        time.sleep(0.2)
+        statuses.append(provider_status(gateway, "primary"))
+    assert statuses == ["healthy"] * 6
+    assert gateway.stderr_text().count("skipping a provider address") == 1
+
+
+def test_all_addresses_dead_fails_over(gateway_factory, primary_mock: MockUpstreamOnPort) -> None:
+    config = routed_config(primary_mock.url.replace("127.0.0.1", "provider.test"))
+    config["providers"]["primary"]["addresses"] = ["127.0.0.2", "127.0.0.3"]
+    gateway = gateway_factory(config_overrides=config, environment=ENVIRONMENT)
+    raw = gateway.client().chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert raw.http_response.status_code == 200
+    event = gateway.wait_for_event(raw.headers["x-watchllm-request-id"])
+    assert event["provider"] == "mock"
+    log = gateway.stderr_text()
+    assert log.count("retrying at another address") == 1
+    assert log.count("trying the next provider") == 1
+    assert primary_mock.request_count() == 0
+
+
 def test_unresolvable_provider_fails_over(gateway_factory) -> None:
     # The .invalid top-level domain never resolves (RFC 6761).
     gateway = gateway_factory(config_overrides=routed_config("http://provider.invalid/v1"), environment=ENVIRONMENT)
