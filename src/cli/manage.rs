@@ -40,13 +40,24 @@ pub(super) fn load(arg: &ConfigArg) -> anyhow::Result<LoadedConfig> {
 }
 
 fn init_logging(json: bool) {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+
     let requested = std::env::var("WATCHLLM_LOG").unwrap_or_else(|_| "info".into());
     // Pingora's proxy logs whole request and response bodies at debug level, and those hold
     // prompts and completions, so its level stays at info unless a directive names it.
     let directives = if requested.contains("pingora") { requested } else { format!("{requested},pingora_proxy=info,pingora_core=info") };
     let filter = tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
+    // Lines go out in batches, without a `write` per request. Without the flush thread, each
+    // line is written at once.
+    let builder = match super::log_buffer::BufferedStderr::start() {
+        Ok(buffered) => builder.with_writer(BoxMakeWriter::new(buffered)),
+        Err(error) => {
+            eprintln!("failed to start the log flush thread, so every log line is written at once: {error}");
+            builder.with_writer(BoxMakeWriter::new(std::io::stderr))
+        }
+    };
     // A terminal gets the default format with colors. The journal or a file gets the same line
     // without them, written by the cheaper `LogLine`.
     let _ = if json {

@@ -1,6 +1,7 @@
 //! The `watchllm` command line.
 
 mod cache_settings;
+mod log_buffer;
 mod log_line;
 mod manage;
 pub mod provider_keys;

@@ -11,7 +11,7 @@ import json
 import openai
 import pytest
 
-from harness import Gateway, find_leaks, unique_text
+from harness import Gateway, find_leaks, unique_text, wait_until
 
 
 def send_mixed_requests(gateway: Gateway) -> None:
@@ -76,3 +76,33 @@ def test_debug_logs_omit_secrets(gateway_factory) -> None:
 
     assert "DEBUG" in logged, "debug logging is not on, so the check proves less than it claims"
     assert not leaks, "\n".join(leaks)
+
+
+def request_line(log: str, request_id: str) -> str | None:
+    """Return the `request finished` line of `request_id`, or None."""
+    return next((line for line in log.splitlines() if "request finished" in line and request_id in line), None)
+
+
+def test_request_line_written_soon(gateway: Gateway) -> None:
+    raw = gateway.client().chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "log me"}]
+    )
+    request_id = raw.headers["x-watchllm-request-id"]
+    # The line waits in the log buffer for at most 20 ms, so a second is ample.
+    wait_until(lambda: request_line(gateway.stderr_text(), request_id) is not None, 1.0, "no request line within 1 s")
+    assert "status=200" in request_line(gateway.stderr_text(), request_id)
+
+
+def test_buffered_lines_written_at_exit(gateway: Gateway) -> None:
+    ids = []
+    for _ in range(20):
+        raw = gateway.client().chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "log me"}]
+        )
+        ids.append(raw.headers["x-watchllm-request-id"])
+    assert gateway.stop() == 0
+    log = gateway.stderr_text()
+    missing = [request_id for request_id in ids if request_line(log, request_id) is None]
+    assert missing == []
+    # Logged just before the process exits, so only the flush at exit writes it.
+    assert "accounting stopped" in log
