@@ -97,6 +97,11 @@ impl Write for Stderr {
         io::stderr().lock().write(bytes)
     }
 
+    /// Writes a whole batch under one lock, so that no `eprintln!` lands inside a line.
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        io::stderr().lock().write_all(bytes)
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
@@ -148,6 +153,11 @@ impl Write for LineWriter {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Writes the buffered lines now, such as before a message printed straight to stderr.
+pub fn flush() {
+    STDERR.flush();
 }
 
 extern "C" fn flush_at_exit() {

@@ -29,6 +29,8 @@ pub fn run(command: Command) -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
+            // The log lines before the error come first.
+            super::log_buffer::flush();
             eprintln!("error: {e:#}");
             1
         }

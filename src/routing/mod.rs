@@ -11,6 +11,9 @@ pub mod stats;
 
 pub use select::Routing;
 
+/// Maximum of `failover.max_attempts`: providers one request may try.
+pub const MAX_PROVIDER_ATTEMPTS: usize = 16;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

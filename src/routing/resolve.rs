@@ -37,7 +37,8 @@ pub const MAX_ADDRESSES_TRIED: usize = 3;
 
 type LookupFuture = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>>;
 type Lookup = dyn Fn(String, u16) -> LookupFuture + Send + Sync;
-type HostPort = (String, u16);
+/// Host, port, and whether the addresses are fixed by the config rather than looked up.
+type EntryKey = (String, u16, bool);
 
 /// The addresses of one host and port, with the round-robin position and the failure marks.
 struct Entry {
@@ -58,12 +59,15 @@ impl Entry {
     }
 
     /// Returns the next address in turn that is not skipped at `now_ms`, or the next one in turn
-    /// when all are skipped.
+    /// when all are skipped. The turn moves past the address returned, so the addresses after a
+    /// skipped one keep equal shares. Two threads may get the same address at once.
     fn pick(&self, now_ms: u64) -> SocketAddr {
         let count = self.addresses.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let start = self.next.load(Ordering::Relaxed) % count;
         let usable = (0..count).map(|offset| (start + offset) % count).find(|&i| self.skipped_until_ms[i].load(Ordering::Relaxed) <= now_ms);
-        self.addresses[usable.unwrap_or(start % count)]
+        let index = usable.unwrap_or(start);
+        self.next.store(index + 1, Ordering::Relaxed);
+        self.addresses[index]
     }
 
     /// Counts the addresses that are not skipped at `now_ms`.
@@ -78,7 +82,7 @@ pub struct Resolver {
     ttl: Duration,
     lookup: Arc<Lookup>,
     epoch: Instant,
-    entries: Arc<RwLock<HashMap<HostPort, Arc<Entry>>>>,
+    entries: Arc<RwLock<HashMap<EntryKey, Arc<Entry>>>>,
 }
 
 impl Default for Resolver {
@@ -122,9 +126,9 @@ impl Resolver {
 
     /// Skips `address` of `provider` for [`ADDRESS_COOLDOWN`] after a failed connection, and
     /// returns how many of the provider's addresses are left to try. A provider with one address
-    /// keeps it.
+    /// keeps it, and has none left to try.
     pub fn connect_failed(&self, provider: &Provider, address: SocketAddr) -> usize {
-        let Some(entry) = self.cached(provider) else { return 0 };
+        let Some(entry) = self.cached(provider).filter(|entry| entry.addresses.len() > 1) else { return 0 };
         let now_ms = self.now_ms();
         if let Some(index) = entry.addresses.iter().position(|a| *a == address) {
             let until = now_ms + ADDRESS_COOLDOWN.as_millis() as u64;
@@ -142,8 +146,8 @@ impl Resolver {
         }
     }
 
-    /// Returns the stored entry of `provider`, or `None` when it has no usable entry yet. Fixed
-    /// addresses that a reload changed count as no entry.
+    /// Returns the stored entry of `provider`, or `None` when it has none yet. Fixed addresses
+    /// that a reload changed count as none.
     fn cached(&self, provider: &Provider) -> Option<Arc<Entry>> {
         let entries = self.entries.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let entry = entries.get(&key(provider))?;
@@ -151,7 +155,7 @@ impl Resolver {
         (!fixed_changed).then(|| entry.clone())
     }
 
-    fn store(&self, key: HostPort, entry: Entry) -> Arc<Entry> {
+    fn store(&self, key: EntryKey, entry: Entry) -> Arc<Entry> {
         let entry = Arc::new(entry);
         self.entries.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(key, entry.clone());
         entry
@@ -159,7 +163,7 @@ impl Resolver {
 
     /// Looks `key` up now and stores the addresses found. An address that was skipped before
     /// stays skipped until its mark ends.
-    async fn resolve(&self, key: HostPort) -> io::Result<Arc<Entry>> {
+    async fn resolve(&self, key: EntryKey) -> io::Result<Arc<Entry>> {
         let addresses = (self.lookup)(key.0.clone(), key.1).await?;
         if addresses.is_empty() {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("no address found for {}", key.0)));
@@ -178,8 +182,8 @@ impl Resolver {
     }
 }
 
-fn key(provider: &Provider) -> HostPort {
-    (provider.host.clone(), provider.port)
+fn key(provider: &Provider) -> EntryKey {
+    (provider.host.clone(), provider.port, !provider.addresses.is_empty())
 }
 
 #[cfg(test)]
@@ -259,7 +263,7 @@ mod tests {
         assert_eq!(resolver.address(&api).await.unwrap(), address("10.0.0.3:8000"));
         wait_for_lookups(&calls, 2).await;
         assert_eq!(calls.load(Ordering::SeqCst), 2);
-        let refreshed = resolver.entries.read().unwrap().get(&("api.example".to_string(), 8000)).map(|e| e.addresses.clone());
+        let refreshed = resolver.entries.read().unwrap().get(&("api.example".to_string(), 8000, false)).map(|e| e.addresses.clone());
         assert_eq!(refreshed, Some(vec![address("10.0.0.4:8000")]));
     }
 
@@ -273,7 +277,7 @@ mod tests {
         wait_for_lookups(&calls, 2).await;
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         let entries = resolver.entries.read().unwrap();
-        let entry = entries.get(&("api.example".to_string(), 8000)).unwrap();
+        let entry = entries.get(&("api.example".to_string(), 8000, false)).unwrap();
         assert_eq!(entry.addresses, [address("10.0.0.5:8000")]);
         assert!(!entry.refreshing.load(Ordering::SeqCst), "a later request must be able to try again");
     }
@@ -315,7 +319,7 @@ mod tests {
         let api = provider("api.example", vec![]);
         assert_eq!(picks(&resolver, &api, 1), [a]);
         assert_eq!(resolver.connect_failed(&api, b), 2);
-        assert_eq!(picks(&resolver, &api, 4), [c, c, a, c]);
+        assert_eq!(picks(&resolver, &api, 4), [c, a, c, a]);
     }
 
     #[test]
@@ -359,6 +363,17 @@ mod tests {
         assert_eq!(picks(&resolver, &provider("api.example", vec![c, b]), 2), [c, b]);
     }
 
+    #[test]
+    fn fixed_then_looked_up_apart() {
+        let (fixed, looked_up) = (address("10.0.0.22:8000"), address("10.0.0.23:8000"));
+        let (resolver, calls) = scripted(TTL, vec![Ok(vec![looked_up, fixed])]);
+        assert_eq!(picks(&resolver, &provider("api.example", vec![fixed, fixed]), 1), [fixed]);
+        // A reload removed `addresses`, or another provider names the same host without them.
+        let api = provider("api.example", vec![]);
+        assert_eq!(picks(&resolver, &api, 2), [looked_up, fixed]);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
     #[tokio::test]
     async fn refresh_keeps_skip_marks() {
         let (a, b, c) = (address("10.0.0.19:8000"), address("10.0.0.20:8000"), address("10.0.0.21:8000"));
@@ -370,7 +385,7 @@ mod tests {
         resolver.address(&api).await.unwrap();
         wait_for_lookups(&calls, 2).await;
         let entries = resolver.entries.read().unwrap();
-        let entry = entries.get(&("api.example".to_string(), 8000)).unwrap();
+        let entry = entries.get(&("api.example".to_string(), 8000, false)).unwrap();
         assert_eq!(entry.addresses, [b, a, c]);
         assert_eq!(entry.usable(resolver.now_ms()), 2, "a stays skipped after the refresh");
     }

@@ -2,7 +2,8 @@
 //! whose key to send, and when a failed attempt may go to the next provider.
 //!
 //! The proxy hooks call these functions; Pingora's retry loop re-enters `upstream_peer` when an
-//! error is marked retryable, and [`next_peer`] then moves to the next candidate.
+//! error is marked retryable, and [`next_peer`] then moves to the next candidate, or to another
+//! address of the same one after a refused or timed-out connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -310,7 +311,12 @@ pub fn on_response(routing: &Routing, config: &RuntimeConfig, upstream: &mut Res
 pub fn on_connect_failure(routing: &Routing, config: &RuntimeConfig, ctx: &mut RequestCtx, error: &mut Error, address: Option<SocketAddr>) {
     let Some(plan) = ctx.plan.as_mut() else { return };
     let Some(provider) = plan.candidates.get(plan.attempt).map(|c| c.provider.clone()) else { return };
-    let usable = address.map_or(0, |address| routing.resolver.connect_failed(&provider, address));
+    // A TLS or certificate error would most likely repeat at every address of the provider.
+    let address_failed = matches!(error.etype(), ErrorType::ConnectRefused | ErrorType::ConnectTimedout | ErrorType::ConnectNoRoute | ErrorType::ConnectError);
+    let usable = match address {
+        Some(address) if address_failed => routing.resolver.connect_failed(&provider, address),
+        _ => 0,
+    };
     let known = routing.resolver.address_count(&provider).min(MAX_ADDRESSES_TRIED);
     if usable > 0 && plan.addresses_tried < known {
         warn!(request_id = %ctx.id, provider = %provider.name, error = %error.etype().as_str(), "connection to a provider address failed, retrying at another address");

@@ -48,7 +48,10 @@ async fn probe(connector: &Connector, resolver: &Resolver, provider: &Provider, 
         loop {
             let address = resolver.address(provider).await.map_err(|e| format!("address lookup failed: {e}"))?;
             tried += 1;
-            match probe_address(connector, provider, address, path, timeout).await {
+            // Each address gets a share of the connect time, so one that drops packets leaves
+            // time for the next.
+            let connect_timeout = timeout / resolver.address_count(provider).clamp(1, MAX_ADDRESSES_TRIED) as u32;
+            match probe_address(connector, provider, address, path, connect_timeout, timeout).await {
                 Err(ProbeFailure::Connect(message)) => {
                     let usable = resolver.connect_failed(provider, address);
                     if usable == 0 || tried >= resolver.address_count(provider).min(MAX_ADDRESSES_TRIED) {
@@ -72,12 +75,19 @@ enum ProbeFailure {
     Exchange(String),
 }
 
-async fn probe_address(connector: &Connector, provider: &Provider, address: SocketAddr, path: &str, timeout: Duration) -> Result<u16, ProbeFailure> {
+async fn probe_address(
+    connector: &Connector,
+    provider: &Provider,
+    address: SocketAddr,
+    path: &str,
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> Result<u16, ProbeFailure> {
     let mut peer = build_peer(provider, address);
     peer.options.read_timeout = Some(timeout);
     peer.options.write_timeout = Some(timeout);
-    peer.options.connection_timeout = Some(timeout);
-    peer.options.total_connection_timeout = Some(timeout);
+    peer.options.connection_timeout = Some(connect_timeout);
+    peer.options.total_connection_timeout = Some(connect_timeout);
     let (mut session, _reused) = connector.get_http_session(&peer).await.map_err(|e| ProbeFailure::Connect(e.etype().as_str().to_string()))?;
     let full_path = format!("{}{}", provider.base_path, path);
     let mut request = RequestHeader::build("GET", full_path.as_bytes(), None).map_err(|e| ProbeFailure::Exchange(e.to_string()))?;

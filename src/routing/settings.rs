@@ -212,8 +212,8 @@ pub fn build(
             problems.push(("failover.statuses".into(), format!("{status} is not an error status (400-599)")));
         }
     }
-    if raw.failover.max_attempts == 0 || raw.failover.max_attempts > 16 {
-        problems.push(("failover.max_attempts".into(), "must be between 1 and 16".into()));
+    if raw.failover.max_attempts == 0 || raw.failover.max_attempts > super::MAX_PROVIDER_ATTEMPTS {
+        problems.push(("failover.max_attempts".into(), format!("must be between 1 and {}", super::MAX_PROVIDER_ATTEMPTS)));
     }
 
     let mut fallbacks = HashMap::new();
@@ -265,7 +265,7 @@ pub fn build(
         provider_keys_refresh: Duration::from_millis(raw.provider_keys.refresh_interval_ms.max(50)),
         health: health_options(raw.health),
         failover_statuses: raw.failover.statuses.clone(),
-        max_attempts: raw.failover.max_attempts.clamp(1, 16),
+        max_attempts: raw.failover.max_attempts.clamp(1, super::MAX_PROVIDER_ATTEMPTS),
         fallbacks,
         experiments,
         experiments_by_name,

@@ -87,6 +87,9 @@ pub fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         // `ALERT_SETTLE_LIMIT` (see `AccountingService`).
         grace_period_seconds: Some(config.shutdown_grace.as_secs() + 2 + services::ALERT_SETTLE_LIMIT.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
+        // Room for every provider of `failover.max_attempts` (at most 16) to be tried at each of
+        // its addresses. The routing plan stops the retries before that.
+        max_retries: crate::routing::MAX_PROVIDER_ATTEMPTS * crate::routing::resolve::MAX_ADDRESSES_TRIED,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, server_conf);
