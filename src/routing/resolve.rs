@@ -35,6 +35,14 @@ pub const ADDRESS_COOLDOWN: Duration = Duration::from_secs(30);
 /// gives up on the provider. Each failed try may wait the whole connect timeout.
 pub const MAX_ADDRESSES_TRIED: usize = 3;
 
+/// Returns true for a connect failure that another address of the same host may not have: a
+/// refused, timed-out or unroutable connection. A TLS or certificate error would most likely repeat
+/// at every address.
+pub fn is_address_failure(error: &pingora::ErrorType) -> bool {
+    use pingora::ErrorType::{ConnectError, ConnectNoRoute, ConnectRefused, ConnectTimedout};
+    matches!(error, ConnectRefused | ConnectTimedout | ConnectNoRoute | ConnectError)
+}
+
 type LookupFuture = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>>;
 type Lookup = dyn Fn(String, u16) -> LookupFuture + Send + Sync;
 /// Host, port, and whether the addresses are fixed by the config rather than looked up.

@@ -18,7 +18,7 @@ use tracing::{error, warn};
 
 use super::experiments::{Experiment, VARIANT_HEADER};
 use super::health::{parse_retry_after, HealthRegistry, Observed};
-use super::resolve::{Resolver, MAX_ADDRESSES_TRIED};
+use super::resolve::{is_address_failure, Resolver, MAX_ADDRESSES_TRIED};
 use super::{build_peer, Endpoint};
 use crate::config::runtime::SecretKey;
 use crate::config::{ModelRoute, Provider, RuntimeConfig};
@@ -311,10 +311,8 @@ pub fn on_response(routing: &Routing, config: &RuntimeConfig, upstream: &mut Res
 pub fn on_connect_failure(routing: &Routing, config: &RuntimeConfig, ctx: &mut RequestCtx, error: &mut Error, address: Option<SocketAddr>) {
     let Some(plan) = ctx.plan.as_mut() else { return };
     let Some(provider) = plan.candidates.get(plan.attempt).map(|c| c.provider.clone()) else { return };
-    // A TLS or certificate error would most likely repeat at every address of the provider.
-    let address_failed = matches!(error.etype(), ErrorType::ConnectRefused | ErrorType::ConnectTimedout | ErrorType::ConnectNoRoute | ErrorType::ConnectError);
     let usable = match address {
-        Some(address) if address_failed => routing.resolver.connect_failed(&provider, address),
+        Some(address) if is_address_failure(error.etype()) => routing.resolver.connect_failed(&provider, address),
         _ => 0,
     };
     let known = routing.resolver.address_count(&provider).min(MAX_ADDRESSES_TRIED);

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use super::health::{redact_url, Observed};
 use super::select::Routing;
-use super::resolve::{Resolver, MAX_ADDRESSES_TRIED};
+use super::resolve::{is_address_failure, Resolver, MAX_ADDRESSES_TRIED};
 use super::{build_peer, upstream_host};
 use crate::config::{Provider, RuntimeConfig};
 use crate::keys::{MasterSecret, MasterSecretSource, RecordSnapshot, Vault};
@@ -48,13 +48,14 @@ async fn probe(connector: &Connector, resolver: &Resolver, provider: &Provider, 
         loop {
             let address = resolver.address(provider).await.map_err(|e| format!("address lookup failed: {e}"))?;
             tried += 1;
+            let limit = resolver.address_count(provider).clamp(1, MAX_ADDRESSES_TRIED);
             // Each address gets a share of the connect time, so one that drops packets leaves
             // time for the next.
-            let connect_timeout = timeout / resolver.address_count(provider).clamp(1, MAX_ADDRESSES_TRIED) as u32;
+            let connect_timeout = timeout / limit as u32;
             match probe_address(connector, provider, address, path, connect_timeout, timeout).await {
                 Err(ProbeFailure::Connect(message)) => {
                     let usable = resolver.connect_failed(provider, address);
-                    if usable == 0 || tried >= resolver.address_count(provider).min(MAX_ADDRESSES_TRIED) {
+                    if usable == 0 || tried >= limit {
                         return Err(message);
                     }
                 }
@@ -69,7 +70,8 @@ async fn probe(connector: &Connector, resolver: &Resolver, provider: &Provider, 
     }
 }
 
-/// Why a probe of one address failed: no connection, or an error after connecting.
+/// Why a probe of one address failed: a connection that another address may not fail, or
+/// anything else, such as a TLS error or an error after connecting.
 enum ProbeFailure {
     Connect(String),
     Exchange(String),
@@ -88,7 +90,14 @@ async fn probe_address(
     peer.options.write_timeout = Some(timeout);
     peer.options.connection_timeout = Some(connect_timeout);
     peer.options.total_connection_timeout = Some(connect_timeout);
-    let (mut session, _reused) = connector.get_http_session(&peer).await.map_err(|e| ProbeFailure::Connect(e.etype().as_str().to_string()))?;
+    let (mut session, _reused) = connector.get_http_session(&peer).await.map_err(|e| {
+        let message = e.etype().as_str().to_string();
+        if is_address_failure(e.etype()) {
+            ProbeFailure::Connect(message)
+        } else {
+            ProbeFailure::Exchange(message)
+        }
+    })?;
     let full_path = format!("{}{}", provider.base_path, path);
     let mut request = RequestHeader::build("GET", full_path.as_bytes(), None).map_err(|e| ProbeFailure::Exchange(e.to_string()))?;
     request.insert_header("host", upstream_host(provider)).map_err(|e| ProbeFailure::Exchange(e.to_string()))?;
