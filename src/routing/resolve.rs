@@ -136,7 +136,10 @@ impl Resolver {
     /// returns how many of the provider's addresses are left to try. A provider with one address
     /// keeps it, and has none left to try.
     pub fn connect_failed(&self, provider: &Provider, address: SocketAddr) -> usize {
-        let Some(entry) = self.cached(provider).filter(|entry| entry.addresses.len() > 1) else { return 0 };
+        // The mark is stored under the read lock, so a refresh, which copies the marks and
+        // replaces the entry under the write lock, either sees it or comes before it.
+        let entries = self.entries.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(entry) = current(&entries, provider).filter(|entry| entry.addresses.len() > 1) else { return 0 };
         let now_ms = self.now_ms();
         if let Some(index) = entry.addresses.iter().position(|a| *a == address) {
             let until = now_ms + ADDRESS_COOLDOWN.as_millis() as u64;
@@ -154,13 +157,9 @@ impl Resolver {
         }
     }
 
-    /// Returns the stored entry of `provider`, or `None` when it has none yet. Fixed addresses
-    /// that a reload changed count as none.
+    /// Returns the stored entry of `provider`, or `None` when it has none yet.
     fn cached(&self, provider: &Provider) -> Option<Arc<Entry>> {
-        let entries = self.entries.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let entry = entries.get(&key(provider))?;
-        let fixed_changed = !provider.addresses.is_empty() && entry.addresses != provider.addresses;
-        (!fixed_changed).then(|| entry.clone())
+        current(&self.entries.read().unwrap_or_else(|poisoned| poisoned.into_inner()), provider).cloned()
     }
 
     fn store(&self, key: EntryKey, entry: Entry) -> Arc<Entry> {
@@ -176,9 +175,9 @@ impl Resolver {
         if addresses.is_empty() {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("no address found for {}", key.0)));
         }
-        let entry = Entry::new(addresses, Some(Instant::now()));
-        let previous = self.entries.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&key).cloned();
-        if let Some(previous) = previous {
+        let entry = Arc::new(Entry::new(addresses, Some(Instant::now())));
+        let mut entries = self.entries.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(previous) = entries.get(&key) {
             for (index, address) in entry.addresses.iter().enumerate() {
                 if let Some(old) = previous.addresses.iter().position(|a| a == address) {
                     let until = previous.skipped_until_ms[old].load(Ordering::Relaxed);
@@ -186,8 +185,17 @@ impl Resolver {
                 }
             }
         }
-        Ok(self.store(key, entry))
+        entries.insert(key, entry.clone());
+        Ok(entry)
     }
+}
+
+/// Returns the entry of `provider` in `entries`. Fixed addresses that a reload changed count as
+/// none.
+fn current<'a>(entries: &'a HashMap<EntryKey, Arc<Entry>>, provider: &Provider) -> Option<&'a Arc<Entry>> {
+    let entry = entries.get(&key(provider))?;
+    let fixed_changed = !provider.addresses.is_empty() && entry.addresses != provider.addresses;
+    (!fixed_changed).then_some(entry)
 }
 
 fn key(provider: &Provider) -> EntryKey {

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
+import socket
 import time
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import openai
 import pytest
@@ -150,6 +153,49 @@ def test_dead_address_skipped(gateway_factory, primary_mock: MockUpstreamOnPort)
     assert log.count("retrying at another address") == 1, "later requests must skip the refused address"
     assert log.count("skipping a provider address") == 1
     assert "127.0.0.2" in log
+    assert provider_status(gateway, "primary") == "healthy"
+
+
+@contextlib.contextmanager
+def silent_listener(host: str, port: int) -> Iterator[None]:
+    """Listen on host:port with a full accept queue, so that Linux drops new connection attempts
+    and a client's connect times out instead of being refused."""
+    listener = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind((host, port))
+        listener.listen(0)
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex((host, port))
+            fillers.append(filler)
+        with pytest.raises(TimeoutError):
+            socket.create_connection((host, port), timeout=0.3).close()
+        yield
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+def test_timed_out_address_skipped(gateway_factory, primary_mock: MockUpstreamOnPort) -> None:
+    port = urlsplit(primary_mock.url).port
+    assert port is not None
+    with silent_listener("127.0.0.2", port):
+        config = routed_config(primary_mock.url.replace("127.0.0.1", "provider.test"))
+        config["providers"]["primary"]["addresses"] = ["127.0.0.2", "127.0.0.1"]
+        config["providers"]["primary"]["connect_timeout_ms"] = 300
+        config["models"]["gpt-4o-mini"]["fallbacks"] = []
+        gateway = gateway_factory(config_overrides=config, environment=ENVIRONMENT)
+        started = time.monotonic()
+        for _ in range(4):
+            assert served_by(gateway, primary_mock) == "primary"
+        elapsed = time.monotonic() - started
+    log = gateway.stderr_text()
+    assert log.count("retrying at another address") == 1, "later requests must skip the silent address"
+    assert log.count("skipping a provider address") == 1
+    assert 0.3 <= elapsed < 3.0, f"the first request alone waits for the 0.3 s connect timeout, took {elapsed:.2f} s"
     assert provider_status(gateway, "primary") == "healthy"
 
 
