@@ -494,7 +494,9 @@ print(f"| peak (VmHWM) | {float(values['watchllm_rss_peak_kib']) / 1024:.1f} |")
 print(f"| idle again, after all runs | {float(values['watchllm_rss_after_kib']) / 1024:.1f} |")
 print()
 measured = sum(values[f"watchllm.c{c}"]["requests"] for c in (1, 32))
+measured += sum(values[f"features.watchllm.{r}"]["requests"] for r in rounds)
 print(f"Usage events stored: {values['usage_events']}, for {measured:.0f} requests completed in the measured runs "
+      "(the features rounds included) "
       "plus the warm-up, the checks and the stream probe. "
       f"Load average (1, 5, 15 min) before: {values['load_before']}, after: {values['load_after']}.")
 PYTHON

@@ -118,7 +118,7 @@ impl Resolver {
         let entry = match self.cached(provider) {
             Some(entry) => entry,
             None if provider.addresses.is_empty() => self.resolve(key(provider)).await?,
-            None => self.store(key(provider), Entry::new(provider.addresses.clone(), None)),
+            None => self.store_fixed(provider),
         };
         if entry.resolved_at.is_some_and(|at| at.elapsed() >= self.ttl) && !entry.refreshing.swap(true, Ordering::AcqRel) {
             let (resolver, expired, key) = (self.clone(), entry.clone(), key(provider));
@@ -136,17 +136,25 @@ impl Resolver {
     /// returns how many of the provider's addresses are left to try. A provider with one address
     /// keeps it, and has none left to try.
     pub fn connect_failed(&self, provider: &Provider, address: SocketAddr) -> usize {
-        // The mark is stored under the read lock, so a refresh, which copies the marks and
-        // replaces the entry under the write lock, either sees it or comes before it.
-        let entries = self.entries.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let Some(entry) = current(&entries, provider).filter(|entry| entry.addresses.len() > 1) else { return 0 };
         let now_ms = self.now_ms();
-        if let Some(index) = entry.addresses.iter().position(|a| *a == address) {
-            let until = now_ms + ADDRESS_COOLDOWN.as_millis() as u64;
-            entry.skipped_until_ms[index].store(until, Ordering::Relaxed);
+        // The mark is stored under the read lock. A refresh copies the marks and replaces the
+        // entry under the write lock, so it runs either before the mark or after it and copies
+        // it. The log line waits until the lock is released, because a warning writes to stderr
+        // at once.
+        let (marked, usable) = {
+            let entries = self.entries.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let Some(entry) = current(&entries, provider).filter(|entry| entry.addresses.len() > 1) else { return 0 };
+            let index = entry.addresses.iter().position(|a| *a == address);
+            if let Some(index) = index {
+                let until = now_ms + ADDRESS_COOLDOWN.as_millis() as u64;
+                entry.skipped_until_ms[index].store(until, Ordering::Relaxed);
+            }
+            (index.is_some(), entry.usable(now_ms))
+        };
+        if marked {
             warn!(provider = %provider.name, %address, "skipping a provider address after a failed connection");
         }
-        entry.usable(now_ms)
+        usable
     }
 
     /// Returns how many addresses `provider` has, as far as they are known.
@@ -162,10 +170,14 @@ impl Resolver {
         current(&self.entries.read().unwrap_or_else(|poisoned| poisoned.into_inner()), provider).cloned()
     }
 
-    fn store(&self, key: EntryKey, entry: Entry) -> Arc<Entry> {
-        let entry = Arc::new(entry);
-        self.entries.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(key, entry.clone());
-        entry
+    /// Stores the fixed addresses of `provider`, unless another request stored the same ones
+    /// first, and returns the entry in use.
+    fn store_fixed(&self, provider: &Provider) -> Arc<Entry> {
+        let mut entries = self.entries.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(entry) = current(&entries, provider) {
+            return entry.clone();
+        }
+        replace(&mut entries, key(provider), Entry::new(provider.addresses.clone(), None))
     }
 
     /// Looks `key` up now and stores the addresses found. An address that was skipped before
@@ -175,19 +187,26 @@ impl Resolver {
         if addresses.is_empty() {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("no address found for {}", key.0)));
         }
-        let entry = Arc::new(Entry::new(addresses, Some(Instant::now())));
         let mut entries = self.entries.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(previous) = entries.get(&key) {
-            for (index, address) in entry.addresses.iter().enumerate() {
-                if let Some(old) = previous.addresses.iter().position(|a| a == address) {
-                    let until = previous.skipped_until_ms[old].load(Ordering::Relaxed);
-                    entry.skipped_until_ms[index].store(until, Ordering::Relaxed);
-                }
+        Ok(replace(&mut entries, key, Entry::new(addresses, Some(Instant::now()))))
+    }
+}
+
+/// Stores `entry` under `key` in place of the previous one, whose skip marks carry over to the
+/// addresses that both have, and returns it. The caller holds the write lock, so no mark made
+/// meanwhile is lost.
+fn replace(entries: &mut HashMap<EntryKey, Arc<Entry>>, key: EntryKey, entry: Entry) -> Arc<Entry> {
+    if let Some(previous) = entries.get(&key) {
+        for (index, address) in entry.addresses.iter().enumerate() {
+            if let Some(old) = previous.addresses.iter().position(|a| a == address) {
+                let until = previous.skipped_until_ms[old].load(Ordering::Relaxed);
+                entry.skipped_until_ms[index].store(until, Ordering::Relaxed);
             }
         }
-        entries.insert(key, entry.clone());
-        Ok(entry)
     }
+    let entry = Arc::new(entry);
+    entries.insert(key, entry.clone());
+    entry
 }
 
 /// Returns the entry of `provider` in `entries`. Fixed addresses that a reload changed count as
@@ -404,5 +423,43 @@ mod tests {
         let entry = entries.get(&("api.example".to_string(), 8000, false)).unwrap();
         assert_eq!(entry.addresses, [b, a, c]);
         assert_eq!(entry.usable(resolver.now_ms()), 2, "a stays skipped after the refresh");
+    }
+
+    #[test]
+    fn reload_keeps_marks_of_kept_addresses() {
+        let (a, b, c) = (address("10.0.0.24:8000"), address("10.0.0.25:8000"), address("10.0.0.26:8000"));
+        let (resolver, _) = scripted(TTL, vec![]);
+        let before = provider("api.example", vec![a, b]);
+        assert_eq!(picks(&resolver, &before, 1), [a]);
+        assert_eq!(resolver.connect_failed(&before, b), 1);
+        // A reload replaced `a` with `c` and kept `b`, which stays skipped.
+        let after = provider("api.example", vec![c, b]);
+        assert_eq!(picks(&resolver, &after, 3), [c, c, c]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn marks_survive_concurrent_refreshes() {
+        let (a, b) = (address("10.0.0.27:8000"), address("10.0.0.28:8000"));
+        // Every request finds the addresses expired and starts a refresh.
+        let resolver = Resolver::new(Duration::ZERO, move |_, _| Box::pin(async move { Ok(vec![a, b]) }));
+        let api = provider("api.example", vec![]);
+        resolver.address(&api).await.unwrap();
+        let refreshing = {
+            let (resolver, api) = (resolver.clone(), api.clone());
+            tokio::spawn(async move {
+                for _ in 0..2000 {
+                    resolver.address(&api).await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        for _ in 0..200 {
+            resolver.connect_failed(&api, a);
+            tokio::task::yield_now().await;
+        }
+        refreshing.await.unwrap();
+        for _ in 0..20 {
+            assert_eq!(resolver.address(&api).await.unwrap(), b, "a refresh lost the mark on {a}");
+        }
     }
 }
