@@ -197,16 +197,13 @@ def test_timed_out_address_skipped(gateway_factory, primary_mock: MockUpstreamOn
         started = time.monotonic()
         assert served_by(gateway, primary_mock) == "primary"
         first = time.monotonic() - started
-        started = time.monotonic()
         for _ in range(3):
             assert served_by(gateway, primary_mock) == "primary"
-        later = time.monotonic() - started
     log = gateway.stderr_text()
     assert log.count("retrying at another address") == 1, "later requests must skip the silent address"
     assert log.count("skipping a provider address") == 1
     assert "127.0.0.2" in log
     assert first >= 0.3, f"the first request should wait for the 0.3 s connect timeout, took {first:.2f} s"
-    assert later < 0.5, f"3 requests that skip the silent address took {later:.2f} s"
     assert provider_status(gateway, "primary") == "healthy"
 
 
