@@ -137,10 +137,8 @@ impl Resolver {
     /// keeps it, and has none left to try.
     pub fn connect_failed(&self, provider: &Provider, address: SocketAddr) -> usize {
         let now_ms = self.now_ms();
-        // The mark is stored under the read lock. A refresh copies the marks and replaces the
-        // entry under the write lock, so it runs either before the mark or after it and copies
-        // it. The log line waits until the lock is released, because a warning writes to stderr
-        // at once.
+        // A refresh copies the marks under the write lock, so a mark stored under the read lock
+        // is never lost. The warning waits for the lock's release, because it writes to stderr.
         let (marked, usable) = {
             let entries = self.entries.read().unwrap_or_else(|poisoned| poisoned.into_inner());
             let Some(entry) = current(&entries, provider).filter(|entry| entry.addresses.len() > 1) else { return 0 };
@@ -217,6 +215,8 @@ fn current<'a>(entries: &'a HashMap<EntryKey, Arc<Entry>>, provider: &Provider) 
     (!fixed_changed).then_some(entry)
 }
 
+// NOTE: fixed addresses are keyed by host and port only, so two providers on one host and port
+// with different fixed addresses replace each other's entry on every request.
 fn key(provider: &Provider) -> EntryKey {
     (provider.host.clone(), provider.port, !provider.addresses.is_empty())
 }

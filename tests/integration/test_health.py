@@ -141,19 +141,29 @@ def test_provider_by_host_name(gateway_factory, primary_mock: MockUpstreamOnPort
         assert served_by(gateway, primary_mock) == "primary"
 
 
-def test_dead_address_skipped(gateway_factory, primary_mock: MockUpstreamOnPort) -> None:
-    # Nothing listens on 127.0.0.2, so its connection is refused and the request tries 127.0.0.1.
-    by_name = primary_mock.url.replace("127.0.0.1", "provider.test")
-    config = routed_config(by_name)
+def dead_first_address_config(primary_mock: MockUpstreamOnPort) -> dict:
+    """Return a config whose primary provider has the addresses 127.0.0.2, where the mock does not
+    listen, and 127.0.0.1, where it does, and no fallback provider."""
+    config = routed_config(primary_mock.url.replace("127.0.0.1", "provider.test"))
     config["providers"]["primary"]["addresses"] = ["127.0.0.2", "127.0.0.1"]
     config["models"]["gpt-4o-mini"]["fallbacks"] = []
-    gateway = gateway_factory(config_overrides=config, environment=ENVIRONMENT)
+    return config
+
+
+def assert_address_skipped_once(gateway: Gateway, address: str) -> None:
+    """Check that one request retried at another address and later requests skipped `address`."""
+    log = gateway.stderr_text()
+    assert log.count("retrying at another address") == 1, f"later requests must skip {address}"
+    assert log.count("skipping a provider address") == 1
+    assert address in log
+
+
+def test_dead_address_skipped(gateway_factory, primary_mock: MockUpstreamOnPort) -> None:
+    # Nothing listens on 127.0.0.2, so its connection is refused and the request tries 127.0.0.1.
+    gateway = gateway_factory(config_overrides=dead_first_address_config(primary_mock), environment=ENVIRONMENT)
     for _ in range(4):
         assert served_by(gateway, primary_mock) == "primary"
-    log = gateway.stderr_text()
-    assert log.count("retrying at another address") == 1, "later requests must skip the refused address"
-    assert log.count("skipping a provider address") == 1
-    assert "127.0.0.2" in log
+    assert_address_skipped_once(gateway, "127.0.0.2")
     assert provider_status(gateway, "primary") == "healthy"
 
 
@@ -189,20 +199,15 @@ def test_timed_out_address_skipped(gateway_factory, primary_mock: MockUpstreamOn
     port = urlsplit(primary_mock.url).port
     assert port is not None
     with silent_listener("127.0.0.2", port):
-        config = routed_config(primary_mock.url.replace("127.0.0.1", "provider.test"))
-        config["providers"]["primary"]["addresses"] = ["127.0.0.2", "127.0.0.1"]
+        config = dead_first_address_config(primary_mock)
         config["providers"]["primary"]["connect_timeout_ms"] = 300
-        config["models"]["gpt-4o-mini"]["fallbacks"] = []
         gateway = gateway_factory(config_overrides=config, environment=ENVIRONMENT)
         started = time.monotonic()
         assert served_by(gateway, primary_mock) == "primary"
         first = time.monotonic() - started
         for _ in range(3):
             assert served_by(gateway, primary_mock) == "primary"
-    log = gateway.stderr_text()
-    assert log.count("retrying at another address") == 1, "later requests must skip the silent address"
-    assert log.count("skipping a provider address") == 1
-    assert "127.0.0.2" in log
+    assert_address_skipped_once(gateway, "127.0.0.2")
     assert first >= 0.3, f"the first request should wait for the 0.3 s connect timeout, took {first:.2f} s"
     assert provider_status(gateway, "primary") == "healthy"
 
